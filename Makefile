@@ -1,0 +1,55 @@
+# Quick start: `make serve` (serves the shipped models on http://$(HOST):$(PORT)) and `make test`.
+# Every target creates .venv on first use; stamp files make repeated runs skip the install.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# `make train` reproduces the shipped models; the model card quotes these same commands.
+TRAIN_VAE := $(BIN)/vae-train --kind vae --epochs 200 --seed 0 --out runs/vae
+TRAIN_AE := $(BIN)/vae-train --kind ae --epochs 200 --seed 0 --out runs/ae
+
+.PHONY: help serve test lint train export evaluate bench soak container-test clean
+
+help:
+	@echo "make serve   - set up and serve models/ on http://$(HOST):$(PORT)"
+	@echo "make test    - set up, lint and run the test suite"
+	@echo "make train   - retrain and export the shipped models (long: see models/README.md)"
+	@echo "make bench   - run the benchmarks (see BENCHMARKS.md)"
+	@echo "make lint    - ruff check"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Serving needs only the core dependencies (no torch).
+$(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
+	@touch $@ $(VENV)/.serve-installed
+
+serve: $(VENV)/.serve-installed
+	$(BIN)/python -m service --host $(HOST) --port $(PORT)
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+
+test: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+train: $(VENV)/.dev-installed
+	$(TRAIN_VAE)
+	$(BIN)/vae-export runs/vae --out models/vae
+	$(TRAIN_AE)
+	$(BIN)/vae-export runs/ae --out models/ae
+
+bench: $(VENV)/.dev-installed
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

