@@ -17,6 +17,7 @@ help:
 	@echo "make test    - set up, lint and run the test suite"
 	@echo "make train   - retrain and export the shipped models (long: see models/README.md)"
 	@echo "make bench   - run the benchmarks (see BENCHMARKS.md)"
+	@echo "make container-test - build the Docker image with buildah and test it (root)"
 	@echo "make lint    - ruff check"
 
 $(BIN)/python:
@@ -50,6 +51,11 @@ train: $(VENV)/.dev-installed
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/run_all.py
+
+# Builds the Dockerfile with buildah (no Docker engine needed; root) and runs the image: see
+# scripts/container_test.sh. The venv is only for tiny test models while models/ has none.
+container-test: $(VENV)/.dev-installed
+	PYTHON=$(abspath $(BIN))/python scripts/container_test.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
