@@ -1,0 +1,68 @@
+"""`python -m service` / `vae-serve`: run the service under uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from service.config import Settings
+from service.models import missing_models_message, model_folders
+
+
+def _logging_config(level: str) -> dict:
+    """stderr logging: our access log lines are JSON already, so they go out as they are."""
+    upper = level.upper()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+            "raw": {"format": "%(message)s"},
+        },
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "formatter": "plain"},
+            "access": {"class": "logging.StreamHandler", "formatter": "raw"},
+        },
+        "loggers": {
+            "service": {"handlers": ["stderr"], "level": upper, "propagate": False},
+            "service.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
+            "uvicorn": {"handlers": ["stderr"], "level": upper, "propagate": False},
+            "uvicorn.error": {"level": upper},
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = Settings()
+    parser = argparse.ArgumentParser(
+        prog="vae-serve",
+        description="Serve the exported models of VAE_MODEL_DIR over HTTP. Every VAE_* "
+        "environment variable applies (see README.md, Configuration).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--host", default=settings.host, help="address to listen on")
+    parser.add_argument("--port", type=int, default=settings.port, help="port to listen on")
+    args = parser.parse_args(argv)
+
+    # The commonest first-run problem gets a plain message, not a traceback.
+    if not model_folders(settings.model_dir):
+        print(f"vae-serve: {missing_models_message(settings.model_dir)}", file=sys.stderr)
+        return 2
+
+    import uvicorn
+
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        log_config=_logging_config(settings.log_level),
+        log_level=settings.log_level,
+        access_log=False,  # ours (service.access) has the request id and the route
+        server_header=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

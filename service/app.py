@@ -1,0 +1,102 @@
+"""The application factory: `create_app(settings)`.
+
+The lifespan loads and validates every model once (a broken or missing model stops start-up
+with a message naming the file), warms each up, and only then reports ready.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+
+from service import __version__
+from service.config import Settings
+from service.metrics import Metrics
+from service.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from service.models import ModelLoadError, ModelRegistry
+from service.routes import build_router
+
+logger = logging.getLogger("service")
+
+DESCRIPTION = """
+Serves the convolutional VAE and plain AE of *Generative Deep Learning* (chapter 3), exported
+to ONNX, through onnxruntime: encode digit images, decode latent vectors, sample, reconstruct.
+
+Images in: a multipart upload (field `file`, or `files` for a batch) or the raw bytes with an
+`image/*` Content-Type; PNG, JPEG, BMP, GIF, WebP or TIFF, detected from the bytes.
+Every error is a JSON object with a `detail`.
+"""
+
+
+async def validation_error_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 listing each error's type, location and message, but never the input: echoing it
+    can leak data, and a NaN or Infinity in it cannot be serialised to JSON (which would turn
+    this 422 into a 500)."""
+    errors = [
+        {"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": e.get("msg")}
+        for e in exc.errors()
+    ]
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service for `settings` (default: from VAE_* environment variables)."""
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            # load_model warms each model up, so readiness means "has answered once".
+            registry = ModelRegistry.load(
+                settings.model_dir,
+                default=settings.default_model,
+                intra_op_threads=settings.intra_op_threads,
+                observer=metrics.observe_inference,
+            )
+        except ModelLoadError as exc:
+            logger.error("cannot start: %s", exc)
+            raise
+        app.state.registry = registry
+        app.state.ready = True
+        metrics.models_loaded.set(len(registry))
+        logger.info(
+            "serving %s from %s (default %r)",
+            ", ".join(f"{m.name} ({m.kind}, z_dim={m.z_dim})" for m in registry),
+            settings.model_dir,
+            registry.default,
+        )
+        yield
+        app.state.ready = False
+
+    app = FastAPI(
+        title="VAE service",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.registry = None
+    app.state.ready = False
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.include_router(build_router(settings))
+
+    # add_middleware wraps: the last added is the outermost.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID", "X-Model", "X-Note"],
+        )
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, access_log=settings.access_log)
+    return app

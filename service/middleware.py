@@ -1,0 +1,169 @@
+"""Pure ASGI middleware: request body limit, and request id + access log + metrics + headers.
+
+Pure ASGI (not BaseHTTPMiddleware) so bodies stream through untouched and nothing is buffered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from datetime import UTC, datetime
+
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.metrics import Metrics
+
+access_logger = logging.getLogger("service.access")
+error_logger = logging.getLogger("service.error")
+REQUEST_ID_HEADER = "X-Request-ID"
+# An incoming request id is echoed only if it is short and harmless in logs and headers.
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+UNMATCHED_ROUTE = "<unmatched>"
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from `receive` when the streamed body passes the limit; handled as a 413."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"request body is over the limit of {limit} bytes")
+
+
+class BodySizeLimitMiddleware:
+    """413 for bodies over `max_bytes`, without reading them into memory: a Content-Length over
+    the limit is refused before the app runs; otherwise bytes are counted as they stream in."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared and declared.strip().isdigit() and int(declared) > self.max_bytes:
+            error = BodyTooLarge(self.max_bytes)
+            response = JSONResponse(
+                {"detail": f"{error.detail} (Content-Length is {int(declared)})"},
+                status_code=413,
+                headers={"Connection": "close"},
+            )
+            await response(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except BodyTooLarge as error:
+            # Normally FastAPI's handler has already answered; this covers reads outside it.
+            if started:
+                raise
+            response = JSONResponse({"detail": error.detail}, status_code=413)
+            await response(scope, receive, send)
+
+
+def _route_template(scope: Scope) -> str:
+    """The matched route's path template ("/models/{name}"), never the raw path: bounded label
+    cardinality for metrics."""
+    route = scope.get("route")
+    if route is not None and hasattr(route, "path"):
+        return route.path
+    app = scope.get("app")
+    for candidate in getattr(getattr(app, "router", None), "routes", []):
+        match, _ = candidate.matches(scope)
+        if match == Match.FULL:
+            return candidate.path
+    return UNMATCHED_ROUTE
+
+
+class RequestContextMiddleware:
+    """Per request: an id (X-Request-ID echoed, or generated), `X-Content-Type-Options: nosniff`,
+    a JSON access log line, Prometheus request metrics, and a JSON 500 for unhandled errors."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, access_log: bool = True):
+        self.app = app
+        self.metrics = metrics
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        incoming = Headers(scope=scope).get(REQUEST_ID_HEADER)
+        request_id = incoming if incoming and _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+        bytes_out = 0
+        started = False
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status, bytes_out, started
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode("latin-1")))
+                headers.append((b"x-content-type-options", b"nosniff"))
+                message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body":
+                bytes_out += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            error_logger.exception("unhandled error in request %s", request_id)
+            if started:
+                raise
+            status = 500
+            response = JSONResponse(
+                {"detail": f"internal server error (request id {request_id})"}, status_code=500
+            )
+            await response(scope, receive, send_with_headers)
+        finally:
+            seconds = time.perf_counter() - start
+            route = _route_template(scope)
+            self.metrics.observe_request(scope["method"], route, status, seconds)
+            if self.access_log:
+                client = scope.get("client")
+                access_logger.info(
+                    json.dumps(
+                        {
+                            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                            "request_id": request_id,
+                            "method": scope["method"],
+                            "path": scope["path"],
+                            "route": route,
+                            "query": scope.get("query_string", b"").decode("latin-1"),
+                            "status": status,
+                            "duration_ms": round(seconds * 1000, 3),
+                            "bytes_out": bytes_out,
+                            "client": f"{client[0]}:{client[1]}" if client else None,
+                        },
+                        separators=(",", ":"),
+                    )
+                )

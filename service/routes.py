@@ -1,0 +1,377 @@
+"""The HTTP API. Inference handlers are plain `def`: FastAPI runs them in its thread pool and
+onnxruntime releases the GIL, so the event loop never blocks on a model. Probes are `async`
+and touch no model."""
+
+import mimetypes
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+
+from service import imaging
+from service.config import Settings
+from service.deps import (
+    ImageUpload,
+    ImageUploads,
+    ModelDep,
+    RegistryDep,
+    validation_error,
+)
+from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from service.models import Model
+from service.preprocessing import (
+    CorruptImageError,
+    EmptyImageError,
+    ImageInputError,
+    ImageTooLargeError,
+    NoDigitError,
+    UnsupportedImageError,
+    preprocess_bytes,
+)
+from service.schemas import (
+    AeEncoding,
+    BatchEncoding,
+    DecodeRequest,
+    Encoding,
+    ErrorBody,
+    Health,
+    ImageFormat,
+    ImagesResponse,
+    LatentPoints,
+    ModelInfo,
+    ModelList,
+    Preprocess,
+    Ready,
+    ReconstructResponse,
+    VaeEncoding,
+)
+
+IMAGE_ERROR_STATUS: dict[type[ImageInputError], int] = {
+    EmptyImageError: 400,
+    CorruptImageError: 400,
+    UnsupportedImageError: 415,
+    ImageTooLargeError: 413,
+    NoDigitError: 422,
+}
+AE_SAMPLING_NOTE = (
+    "plain autoencoder: it has no prior, so z ~ N(0, t^2 I) may fall outside the region its "
+    "encoder uses and decode to non-digits"
+)
+_BINARY = {"type": "string", "format": "binary"}
+ONE_IMAGE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "the image: PNG, JPEG, BMP, GIF (first frame), WebP or TIFF, detected "
+        "from its bytes",
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "required": ["file"], "properties": {"file": _BINARY}}
+            },
+            "image/*": {"schema": _BINARY},
+            "application/octet-stream": {"schema": _BINARY},
+        },
+    }
+}
+MANY_IMAGES_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "1..VAE_MAX_BATCH images, one multipart part each, all in field 'files'",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {"files": {"type": "array", "items": _BINARY}},
+                }
+            }
+        },
+    }
+}
+PNG_RESPONSE = {
+    "content": {"image/png": {"schema": _BINARY}},
+    "description": "?format=png: one 8-bit grayscale PNG grid (row-major, ceil(sqrt(n)) "
+    "columns, 2 px gaps); ?format=json: the JSON body below",
+}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorBody} for code in codes}
+
+
+FormatQ = Annotated[
+    ImageFormat, Query(description="png: one PNG grid; json: base64 PNG per image, plus z")
+]
+ScaleQ = Annotated[int, Query(ge=1, le=16, description="nearest-neighbour upscaling factor")]
+PreprocessQ = Annotated[
+    Preprocess,
+    Query(
+        description="auto: MNIST-style (grayscale, invert light backgrounds, crop, fit 20x20, "
+        "centre by mass in 28x28); none: grayscale and resize only"
+    ),
+]
+SeedQ = Annotated[
+    int | None,
+    Query(ge=0, le=2**64 - 1, description="random seed: same seed, byte-identical output"),
+]
+
+
+def prepare(
+    images: list[bytes], model: Model, preprocess: Preprocess, settings: Settings
+) -> np.ndarray:
+    """Uploaded bytes -> (N, C, H, W) in the model's convention; image errors as HTTP errors."""
+    arrays = []
+    for i, data in enumerate(images):
+        try:
+            arrays.append(
+                preprocess_bytes(data, preprocess.value, model.image_size, settings.max_pixels)
+            )
+        except ImageInputError as exc:
+            where = f"files[{i}]: " if len(images) > 1 else ""
+            raise HTTPException(IMAGE_ERROR_STATUS.get(type(exc), 400), where + str(exc)) from None
+    return model.to_model_pixels(np.stack(arrays))
+
+
+def _encoding(model: Model, codes: dict[str, np.ndarray], i: int) -> Encoding:
+    if model.kind == "vae":
+        return VaeEncoding(
+            model=model.name, mu=codes["mu"][i].tolist(), log_var=codes["log_var"][i].tolist()
+        )
+    return AeEncoding(model=model.name, z=codes["z"][i].tolist())
+
+
+def _image_response(
+    model: Model,
+    decoded: np.ndarray,
+    z: np.ndarray,
+    fmt: ImageFormat,
+    scale: int,
+    note: str | None = None,
+    **extra: Any,
+) -> Response | ImagesResponse:
+    pixels = model.to_unit_pixels(decoded)
+    headers = {"X-Model": model.name}
+    if note:
+        headers["X-Note"] = note
+    if fmt is ImageFormat.png:
+        return Response(imaging.grid_png(pixels, scale), media_type="image/png", headers=headers)
+    body_type = ReconstructResponse if extra else ImagesResponse
+    body = body_type(
+        model=model.name,
+        images=imaging.pngs_base64(pixels, scale),
+        z=z.tolist(),
+        note=note,
+        **extra,
+    )
+    return JSONResponse(body.model_dump(), headers=headers)
+
+
+def build_router(settings: Settings) -> APIRouter:
+    """The API, with the limits of `settings` written into its parameter validation (and so
+    into /docs)."""
+    router = APIRouter()
+    max_batch = settings.max_batch
+
+    @router.post(
+        "/encode",
+        response_model=Encoding,
+        summary="Encode one image",
+        openapi_extra=ONE_IMAGE_BODY,
+        responses=_errors(400, 404, 413, 415, 422),
+    )
+    def encode(
+        model: ModelDep, data: ImageUpload, preprocess: PreprocessQ = Preprocess.auto
+    ) -> Encoding:
+        """One image -> `mu` and `log_var` (VAE) or `z` (AE)."""
+        codes = model.encode_batch(prepare([data], model, preprocess, settings))
+        return _encoding(model, codes, 0)
+
+    @router.post(
+        "/encode/batch",
+        response_model=BatchEncoding,
+        summary="Encode several images in one inference",
+        description=f"Up to {settings.max_batch} images in repeated field `files` -> one "
+        "/encode result per image, in order, from a single onnxruntime call.",
+        openapi_extra=MANY_IMAGES_BODY,
+        responses=_errors(400, 404, 413, 415, 422),
+    )
+    def encode_batch(
+        model: ModelDep, data: ImageUploads, preprocess: PreprocessQ = Preprocess.auto
+    ) -> BatchEncoding:
+        codes = model.encode_batch(prepare(data, model, preprocess, settings))
+        return BatchEncoding(
+            model=model.name, items=[_encoding(model, codes, i) for i in range(len(data))]
+        )
+
+    @router.post(
+        "/decode",
+        response_model=ImagesResponse,
+        summary="Decode latent vectors to images",
+        description=f"1..{settings.max_batch} vectors of the model's z_dim finite numbers "
+        "(|value| <= 1e4) -> one image each.",
+        responses={200: PNG_RESPONSE, **_errors(404, 413, 422)},
+    )
+    def decode(
+        body: DecodeRequest,
+        model: ModelDep,
+        format: FormatQ = ImageFormat.png,
+        scale: ScaleQ = 1,
+    ) -> Any:
+        if len(body.z) > max_batch:
+            raise validation_error(["body", "z"], f"at most {max_batch} vectors per request")
+        for i, vector in enumerate(body.z):
+            if len(vector) != model.z_dim:
+                raise validation_error(
+                    ["body", "z", i],
+                    f"model {model.name!r} needs vectors of z_dim={model.z_dim} numbers, "
+                    f"got {len(vector)}",
+                )
+        z = np.asarray(body.z, dtype=np.float32)
+        return _image_response(model, model.decode_batch(z), z, format, scale)
+
+    @router.get(
+        "/sample",
+        response_model=ImagesResponse,
+        summary="Decode random latent vectors",
+        responses={200: PNG_RESPONSE, **_errors(404, 422)},
+    )
+    def sample(
+        model: ModelDep,
+        n: Annotated[int, Query(ge=1, le=max_batch, description="how many images")] = 16,
+        seed: SeedQ = None,
+        temperature: Annotated[
+            float,
+            Query(ge=0.0, le=10.0, allow_inf_nan=False, description="z ~ N(0, temperature^2 I)"),
+        ] = 1.0,
+        format: FormatQ = ImageFormat.png,
+        scale: ScaleQ = 1,
+    ) -> Any:
+        """z ~ N(0, temperature^2 I), decoded. For the plain AE this is not a prior it was
+        trained with: the response says so (`note`, header X-Note)."""
+        rng = np.random.default_rng(seed)
+        z = (rng.standard_normal((n, model.z_dim)) * temperature).astype(np.float32)
+        note = AE_SAMPLING_NOTE if model.kind == "ae" else None
+        return _image_response(model, model.decode_batch(z), z, format, scale, note)
+
+    @router.post(
+        "/reconstruct",
+        response_model=ReconstructResponse,
+        summary="Encode then decode one image",
+        openapi_extra=ONE_IMAGE_BODY,
+        responses={200: PNG_RESPONSE, **_errors(400, 404, 413, 415, 422)},
+    )
+    def reconstruct(
+        model: ModelDep,
+        data: ImageUpload,
+        preprocess: PreprocessQ = Preprocess.auto,
+        sample: Annotated[
+            bool, Query(description="VAE only: decode z ~ q(z|x) instead of its mean")
+        ] = False,
+        seed: SeedQ = None,
+        format: FormatQ = ImageFormat.png,
+        scale: ScaleQ = 1,
+    ) -> Any:
+        """One image -> its reconstruction, decoded from mu (deterministic) or, with
+        `sample=true`, from a z drawn from the posterior (seedable)."""
+        if sample and model.kind != "vae":
+            raise validation_error(
+                ["query", "sample"],
+                f"model {model.name!r} is a plain autoencoder: it has no posterior to sample",
+            )
+        x = prepare([data], model, preprocess, settings)
+        codes = model.encode_batch(x)
+        extra: dict[str, Any] = {}
+        if model.kind == "vae":
+            mu, log_var = codes["mu"], codes["log_var"]
+            extra = {"mu": mu[0].tolist(), "log_var": log_var[0].tolist()}
+            z = mu
+            if sample:
+                eps = np.random.default_rng(seed).standard_normal(mu.shape)
+                z = (mu + np.exp(0.5 * log_var) * eps).astype(np.float32)
+        else:
+            z = codes["z"]
+        decoded = model.decode_batch(z)
+        if format is ImageFormat.png:
+            return _image_response(model, decoded, z, format, scale)
+        seen, out = model.to_unit_pixels(x), model.to_unit_pixels(decoded)
+        extra["mse"] = float(np.mean((seen - out) ** 2))
+        extra["input"] = imaging.pngs_base64(seen, scale)[0]
+        return _image_response(model, decoded, z, format, scale, **extra)
+
+    @router.get("/models", response_model=ModelList, summary="Every loaded model's metadata")
+    async def list_models(registry: RegistryDep) -> ModelList:
+        return ModelList(
+            default=registry.default,
+            models=[ModelInfo(**registry.get(name).metadata) for name in registry.names],
+        )
+
+    @router.get(
+        "/models/{name}",
+        response_model=ModelInfo,
+        summary="One model's metadata",
+        responses=_errors(404),
+    )
+    async def get_model_info(name: str, registry: RegistryDep) -> ModelInfo:
+        return ModelInfo(**_named(registry, name).metadata)
+
+    @router.get(
+        "/models/{name}/latent-points",
+        response_model=LatentPoints,
+        summary="Encoded validation digits (for a latent-space explorer)",
+        responses=_errors(404),
+    )
+    async def latent_points(name: str, registry: RegistryDep) -> Response:
+        model = _named(registry, name)
+        if model.latent_points is None:
+            raise HTTPException(404, f"model {name!r} has no latent points")
+        return Response(model.latent_points, media_type="application/json")
+
+    @router.get(
+        "/models/{name}/figures/{file}",
+        summary="A figure listed in the model's metadata",
+        response_class=FileResponse,
+        responses={200: {"content": {"image/png": {"schema": _BINARY}}}, **_errors(404)},
+    )
+    async def figure(name: str, file: str, registry: RegistryDep) -> FileResponse:
+        model = _named(registry, name)
+        # Only names listed in metadata.figures (checked to be plain file names at load):
+        # nothing else in the folder, and no path can escape it.
+        if file not in model.figures:
+            raise HTTPException(
+                404, f"model {name!r} has no figure {file!r}; figures: {list(model.figures)}"
+            )
+        media_type = mimetypes.guess_type(file)[0] or "application/octet-stream"
+        return FileResponse(model.path / file, media_type=media_type)
+
+    @router.get("/healthz", response_model=Health, summary="Liveness (no model work)")
+    async def healthz() -> Health:
+        return Health(status="ok")
+
+    @router.get(
+        "/readyz",
+        response_model=Ready,
+        summary="Readiness: every model loaded and warmed up",
+        responses=_errors(503),
+    )
+    async def readyz(request: Request) -> Any:
+        registry = getattr(request.app.state, "registry", None)
+        if not getattr(request.app.state, "ready", False) or registry is None:
+            return JSONResponse({"detail": "not ready: models are loading"}, status_code=503)
+        return Ready(status="ready", models=registry.names)
+
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {METRICS_CONTENT_TYPE: {"schema": {"type": "string"}}}}},
+    )
+    async def metrics(request: Request) -> Response:
+        return Response(request.app.state.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+    return router
+
+
+def _named(registry: Any, name: str) -> Model:
+    if name not in registry:
+        raise HTTPException(404, f"unknown model {name!r}; known models: {registry.names}")
+    return registry.get(name)
