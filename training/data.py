@@ -90,7 +90,7 @@ def load_mnist_dir(data_dir: str | Path, split: str = "train") -> Digits:
     return Digits(
         (images.astype(np.float32) / 255.0)[:, None],
         labels.astype(np.int64),
-        f"MNIST {split} ({data_dir})",
+        f"MNIST {split} set ({len(labels):,} images)",
     )
 
 

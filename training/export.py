@@ -152,9 +152,11 @@ def export_model(
         tmp_dir = Path(tmp)
         encoder_path, decoder_path = tmp_dir / ENCODER_FILE, tmp_dir / DECODER_FILE
         example = torch.from_numpy(parity_images[:4])
-        _export_graph(_EncoderGraph(model), example, encoder_path, "image", outputs)
+        # The wrappers must be in eval mode too: the exporter restores each wrapper's mode on
+        # the whole tree afterwards, which would otherwise switch BatchNorm back to training.
+        _export_graph(_EncoderGraph(model).eval(), example, encoder_path, "image", outputs)
         z_example = torch.zeros(4, config.model.z_dim)
-        _export_graph(_DecoderGraph(model), z_example, decoder_path, "z", ["image"])
+        _export_graph(_DecoderGraph(model).eval(), z_example, decoder_path, "z", ["image"])
         max_diff = check_parity(model, encoder_path, decoder_path, parity_images)
 
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@ and the 2-D manifold. Matplotlib runs headless (Agg)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -13,6 +14,10 @@ import numpy as np
 import torch
 from PIL import Image
 from scipy.stats import norm
+
+# A decoder as a plain function, z (N, z_dim) -> images (N, 1, H, W) in [0, 1], so figures can
+# be drawn from the PyTorch model or from the exported ONNX graph alike.
+Decode = Callable[[np.ndarray], np.ndarray]
 
 
 def tile(images: np.ndarray, columns: int, gap: int = 2) -> np.ndarray:
@@ -85,9 +90,8 @@ def plot_latent_scatter(z: np.ndarray, labels: np.ndarray, path: Path, title: st
     plt.close(fig)
 
 
-@torch.no_grad()
-def plot_samples(model: torch.nn.Module, z: np.ndarray, path: Path, title: str) -> None:
-    images = model.decode(torch.from_numpy(z.astype(np.float32))).numpy()
+def plot_samples(decode: Decode, z: np.ndarray, path: Path, title: str) -> None:
+    images = decode(z.astype(np.float32))
     columns = int(np.ceil(np.sqrt(len(images))))
     fig, ax = plt.subplots(figsize=(6, 6.4))
     ax.imshow(tile(images, columns), cmap="gray_r", vmin=0, vmax=255)
@@ -104,9 +108,8 @@ def manifold_grid(size: int = 20) -> np.ndarray:
     return np.array([[x, y] for y in quantiles[::-1] for x in quantiles], dtype=np.float32)
 
 
-@torch.no_grad()
-def plot_manifold(model: torch.nn.Module, path: Path, title: str, size: int = 20) -> None:
-    images = model.decode(torch.from_numpy(manifold_grid(size))).numpy()
+def plot_manifold(decode: Decode, path: Path, title: str, size: int = 20) -> None:
+    images = decode(manifold_grid(size))
     fig, ax = plt.subplots(figsize=(8, 8.3))
     ax.imshow(tile(images, size, gap=0), cmap="gray_r", vmin=0, vmax=255)
     ax.axis("off")

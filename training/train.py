@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from training.config import ModelConfig, TrainConfig
-from training.data import Digits, load_training_data, split_train_val
+from training.data import DataError, Digits, load_training_data, split_train_val
 from training.losses import kl_divergence, per_image_mse, reconstruction_term
 from training.model import build_model
 
@@ -252,7 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the run in RUN_DIR at its next epoch (its config is reused; "
         "--epochs may extend it)",
     )
-    p.add_argument("--epochs", type=int, default=defaults.epochs, help="total epochs")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"total epochs (default {defaults.epochs}; with --resume, the run's own)",
+    )
     p.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
     p.add_argument(
         "--data-dir",
@@ -317,12 +322,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.resume:
+        if not (args.resume / CONFIG).exists():
+            print(f"vae-train: {args.resume / CONFIG}: not a run folder", file=sys.stderr)
+            return 2
         config = TrainConfig.load(args.resume / CONFIG)
-        config.epochs = args.epochs if args.epochs != TrainConfig().epochs else config.epochs
+        if args.epochs is not None:
+            config.epochs = args.epochs
         if args.threads:
             config.threads = args.threads
-        train(config, args.resume, resume=True, progress=not args.no_progress)
-        return 0
+        return _run(config, args.resume, resume=True, progress=not args.no_progress)
     if args.out is None:
         build_parser().error("--out is required (or --resume RUN_DIR)")
     model = ModelConfig(
@@ -340,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         learning_rate=args.lr,
         lr_decay=args.lr_decay,
         batch_size=args.batch_size,
-        epochs=args.epochs,
+        epochs=args.epochs if args.epochs is not None else TrainConfig().epochs,
         seed=args.seed,
         data_dir=args.data_dir,
         limit=args.limit,
@@ -349,7 +357,16 @@ def main(argv: list[str] | None = None) -> int:
         figures_every=args.figures_every,
         threads=args.threads,
     )
-    train(config, args.out, progress=not args.no_progress)
+    return _run(config, args.out, resume=False, progress=not args.no_progress)
+
+
+def _run(config: TrainConfig, run_dir: Path, resume: bool, progress: bool) -> int:
+    """Train, turning data and checkpoint problems into one clear line and exit status 2."""
+    try:
+        train(config, run_dir, resume=resume, progress=progress)
+    except (DataError, FileNotFoundError) as exc:
+        print(f"vae-train: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,0 +1,331 @@
+"""The training package as a user drives it: real CLIs, real run folders, real ONNX files."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from training.config import ModelConfig, TrainConfig
+from training.data import DataError, load_default, load_mnist_dir, read_idx
+from training.export import ParityError, check_parity, export_model
+from training.losses import kl_divergence
+from training.model import build_model
+from training.train import train
+
+BIN = Path(sys.executable).parent
+
+
+def run_cli(name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / name), *args], capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> None:
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    if gz:
+        path.write_bytes(gzip.compress(payload))
+    else:
+        path.write_bytes(payload)
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory) -> Path:
+    """A small MNIST-format folder (train and test IDX files) made from the offline subset."""
+    digits = load_default()
+    pixels = np.round(digits.images[:, 0] * 255)
+    folder = tmp_path_factory.mktemp("idx")
+    write_idx(folder / "train-images-idx3-ubyte.gz", pixels[::10])
+    write_idx(folder / "train-labels-idx1-ubyte.gz", digits.labels[::10])
+    write_idx(folder / "t10k-images-idx3-ubyte", pixels[5::25], gz=False)
+    write_idx(folder / "t10k-labels-idx1-ubyte", digits.labels[5::25], gz=False)
+    return folder
+
+
+# --- models -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"kind": "ae"},
+        {"use_batch_norm": True, "use_dropout": True},
+        {"z_dim": 5},
+        {"input_shape": (1, 32, 32)},
+    ],
+)
+def test_layer_shapes(overrides):
+    config = ModelConfig(**overrides)
+    model = build_model(config).eval()
+    c, h, w = config.input_shape
+    x = torch.rand(3, c, h, w)
+    shapes = []
+    out = x
+    for layer in model.encoder.conv:
+        out = layer(out)
+        if isinstance(layer, torch.nn.Conv2d):
+            shapes.append(tuple(out.shape[1:]))
+    assert shapes == [(32, h, w), (64, h // 2, w // 2), (64, h // 4, w // 4), (64, h // 4, w // 4)]
+    z = model.encode(x)
+    mean = z[0] if isinstance(z, tuple) else z
+    assert mean.shape == (3, config.z_dim)
+    out = model.decoder.dense(mean).view(-1, *model.decoder.start_shape)
+    deconv_shapes = []
+    for layer in model.decoder.conv:
+        out = layer(out)
+        if isinstance(layer, torch.nn.ConvTranspose2d):
+            deconv_shapes.append(tuple(out.shape[1:]))
+    assert deconv_shapes == [(64, h // 4, w // 4), (64, h // 2, w // 2), (32, h, w), (1, h, w)]
+    image = model.decode(mean)
+    assert image.shape == x.shape
+    assert image.min() >= 0 and image.max() <= 1
+    has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert has_bn == config.use_batch_norm
+    bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(m.momentum == pytest.approx(0.01) for m in bn)  # Keras' 0.99
+    slopes = {m.negative_slope for m in model.modules() if isinstance(m, torch.nn.LeakyReLU)}
+    assert slopes == {0.3}
+
+
+def test_config_rejects_inconsistent_layers():
+    with pytest.raises(ValueError, match="same length"):
+        ModelConfig(encoder_conv_strides=[1, 2])
+    with pytest.raises(ValueError, match="kind"):
+        ModelConfig(kind="gan")
+
+
+def test_config_round_trip(tmp_path):
+    config = TrainConfig(model=ModelConfig(kind="ae", z_dim=3), epochs=7)
+    config.save(tmp_path / "c.json")
+    assert TrainConfig.load(tmp_path / "c.json") == config
+
+
+def test_kl_matches_monte_carlo():
+    torch.manual_seed(0)
+    mu = torch.tensor([[0.5, -1.0], [2.0, 0.3]])
+    log_var = torch.tensor([[0.2, -0.7], [-1.5, 0.4]])
+    std = torch.exp(0.5 * log_var)
+    z = mu + std * torch.randn(200_000, *mu.shape)
+    q = torch.distributions.Normal(mu, std).log_prob(z).sum(-1)
+    p = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    monte_carlo = (q - p).mean(0)
+    assert torch.allclose(kl_divergence(mu, log_var), monte_carlo, rtol=0.02)
+    assert torch.allclose(kl_divergence(torch.zeros(1, 2), torch.zeros(1, 2)), torch.zeros(1))
+
+
+# --- data ---------------------------------------------------------------------------------
+
+
+def test_default_data_is_offline_and_scaled():
+    digits = load_default()
+    assert digits.images.shape == (5000, 1, 28, 28)
+    assert digits.images.dtype == np.float32
+    assert digits.images.min() == 0.0 and digits.images.max() == 1.0
+    assert np.bincount(digits.labels).tolist() == [500] * 10
+
+
+def test_idx_loader_reads_gzipped_and_plain(idx_dir):
+    train_set = load_mnist_dir(idx_dir, "train")
+    test_set = load_mnist_dir(idx_dir, "test")
+    assert train_set.images.shape == (500, 1, 28, 28)
+    assert test_set.images.shape == (200, 1, 28, 28)
+    assert train_set.images.max() == 1.0
+    np.testing.assert_array_equal(train_set.labels, load_default().labels[::10])
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda b: b[:-10], "truncated"),
+        (lambda b: b"\x00\x00\x0d\x03" + b[4:], "magic"),
+        (lambda b: b"PK\x03\x04junk", "magic"),
+        (lambda b: b"", "only 0 bytes"),
+    ],
+)
+def test_corrupt_idx_files_name_the_file(tmp_path, idx_dir, damage, message):
+    raw = gzip.decompress((idx_dir / "train-images-idx3-ubyte.gz").read_bytes())
+    bad = tmp_path / "train-images-idx3-ubyte"
+    bad.write_bytes(damage(raw))
+    with pytest.raises(DataError, match=message) as info:
+        read_idx(bad)
+    assert str(bad) in str(info.value)
+
+
+def test_bad_gzip_and_missing_file(tmp_path):
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b" + b"not gzip at all")
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz"):
+        read_idx(tmp_path / "train-images-idx3-ubyte.gz")
+    with pytest.raises(DataError, match="train-labels"):
+        load_mnist_dir(tmp_path, "train")
+
+
+def test_cli_reports_corrupt_data_dir(tmp_path, idx_dir):
+    for name in ("train-labels-idx1-ubyte.gz",):
+        (tmp_path / name).write_bytes((idx_dir / name).read_bytes())
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03garbage")
+    result = run_cli("vae-train", "--data-dir", str(tmp_path), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "train-images-idx3-ubyte" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# --- training -----------------------------------------------------------------------------
+
+
+def test_train_cli_writes_a_run_folder(tmp_path, idx_dir):
+    run = tmp_path / "run"
+    result = run_cli(
+        "vae-train", "--kind", "vae", "--epochs", "2", "--limit", "300", "--val-size", "60",
+        "--figures-every", "1", "--threads", "1", "--out", str(run), "--data-dir", str(idx_dir),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "done: vae, 2 epochs" in result.stderr
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["kind"] == "vae" and config["limit"] == 300
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    for m in metrics:
+        assert m["train_kl"] > 0 and m["train_reconstruction"] > 0
+        assert m["train_loss"] == pytest.approx(m["train_reconstruction"] + m["train_kl"])
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert checkpoint["epoch"] == 2 and "optimizer" in checkpoint
+    figures = sorted(p.name for p in (run / "figures").iterdir())
+    assert figures == [
+        "epoch_0001_recon.png", "epoch_0001_samples.png",
+        "epoch_0002_recon.png", "epoch_0002_samples.png",
+    ]  # fmt: skip
+
+
+def test_train_help_documents_every_flag():
+    result = run_cli("vae-train", "--help")
+    assert result.returncode == 0
+    for flag in (
+        "--kind",
+        "--epochs",
+        "--resume",
+        "--data-dir",
+        "--limit",
+        "--lr-decay",
+        "--likelihood",
+        "--r-loss-factor",
+        "--batch-norm",
+        "--dropout",
+    ):
+        assert flag in result.stdout
+
+
+@pytest.mark.parametrize("kind", ["vae", "ae"])
+def test_resume_equals_uninterrupted_run(tmp_path, kind):
+    config = TrainConfig(
+        model=ModelConfig(kind=kind, use_dropout=True), epochs=2, limit=200, val_size=40,
+        figures_every=0, threads=1, augment_shift=1,
+    )  # fmt: skip
+    straight = train(config, tmp_path / "straight", progress=False)
+    config.epochs = 1
+    train(config, tmp_path / "split", progress=False)
+    result = run_cli("vae-train", "--resume", str(tmp_path / "split"), "--epochs", "2",
+                     "--threads", "1", "--no-progress")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    assert json.loads(lines[-1])["train_loss"] == straight["train_loss"]
+
+
+def test_resume_without_a_run_folder_is_a_clear_error(tmp_path):
+    result = run_cli("vae-train", "--resume", str(tmp_path / "nothing"))
+    assert result.returncode == 2
+    assert "not a run folder" in result.stderr
+
+
+# --- export -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["vae", "ae"])
+def test_export_parity_at_batch_1_and_64(tmp_path, kind):
+    torch.manual_seed(0)
+    config = TrainConfig(model=ModelConfig(kind=kind, use_batch_norm=True, use_dropout=True))
+    model = build_model(config.model)
+    model.train()
+    model(torch.rand(8, 1, 28, 28))  # move the BatchNorm running stats off their defaults
+    images = load_default().images[:64]
+    metadata = export_model(model, config, tmp_path / kind, images)
+    assert metadata["kind"] == kind and metadata["z_dim"] == 2
+    assert metadata["input"]["shape"] == [1, 28, 28]
+    assert metadata["training"]["config"]["model"]["use_batch_norm"] is True
+    encoder = ort.InferenceSession(str(tmp_path / kind / "encoder.onnx"))
+    decoder = ort.InferenceSession(str(tmp_path / kind / "decoder.onnx"))
+    assert [o.name for o in encoder.get_outputs()] == metadata["encoder"]["outputs"]
+    model.eval()
+    for batch in (1, 64):
+        x = images[:batch]
+        with torch.no_grad():
+            expected = model.encode(torch.from_numpy(x))
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        got = encoder.run(None, {"image": x})
+        for e, g in zip(expected, got, strict=True):
+            assert g.shape == (batch, 2)
+            np.testing.assert_allclose(g, e.numpy(), atol=1e-4)
+        image = decoder.run(None, {"z": got[0]})[0]
+        assert image.shape == (batch, 1, 28, 28)
+        with torch.no_grad():
+            np.testing.assert_allclose(image, model.decode(expected[0]).numpy(), atol=1e-4)
+    on_disk = json.loads((tmp_path / kind / "metadata.json").read_text())
+    import hashlib
+
+    for part in ("encoder", "decoder"):
+        blob = (tmp_path / kind / on_disk[part]["file"]).read_bytes()
+        assert hashlib.sha256(blob).hexdigest() == on_disk[part]["sha256"]
+
+
+def test_export_refuses_when_onnx_disagrees(tmp_path):
+    torch.manual_seed(0)
+    config = TrainConfig(model=ModelConfig(kind="vae"))
+    model = build_model(config.model).eval()
+    images = load_default().images[:8]
+    export_model(model, config, tmp_path / "good", images)
+    with torch.no_grad():  # change the weights after export: the graphs no longer match
+        model.decoder.dense.bias.add_(0.5)
+    with pytest.raises(ParityError):
+        check_parity(model, tmp_path / "good" / "encoder.onnx", tmp_path / "good" / "decoder.onnx",
+                     images)  # fmt: skip
+
+
+def test_export_and_evaluate_cli(tmp_path, idx_dir):
+    run = tmp_path / "run"
+    assert run_cli(
+        "vae-train", "--kind", "ae", "--epochs", "1", "--limit", "300", "--val-size", "60",
+        "--figures-every", "0", "--out", str(run), "--no-progress",
+    ).returncode == 0  # fmt: skip
+    result = run_cli("vae-export", str(run), "--out", str(tmp_path / "models" / "ae"))
+    assert result.returncode == 0, result.stderr
+    model_dir = tmp_path / "models" / "ae"
+    points = json.loads((model_dir / "latent_points.json").read_text())
+    assert len(points["z"]) == len(points["labels"]) == 60
+    result = run_cli("vae-evaluate", str(model_dir), "--data-dir", str(idx_dir),
+                     "--classifier-epochs", "1", "--samples", "500", "--no-progress")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "box samples" in result.stdout  # the AE is also sampled over its encodings' box
+    evaluation = json.loads((model_dir / "metadata.json").read_text())["evaluation"]
+    assert evaluation["images"] == 200
+    assert 0 < evaluation["reconstruction_mse_per_pixel"] < 0.2
+    shares = evaluation["samples_normal"]["class_shares"]
+    assert sum(shares) == pytest.approx(1.0, abs=1e-3)
+    assert 0 <= evaluation["samples_normal"]["class_entropy"] <= 1
+    for figure in ("reconstructions.png", "latent_scatter.png", "samples.png", "manifold.png"):
+        assert (model_dir / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

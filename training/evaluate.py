@@ -1,0 +1,232 @@
+"""`vae-evaluate`: judge an exported model folder the way the book's notebooks do.
+
+Runs the exported ONNX graphs (what the service ships), not the PyTorch weights, on a held-out
+set: reconstruction MSE, KL, latent statistics; sample quality read by a digit classifier; and
+the figures. Results go to `evaluation.json` and into `metadata.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from training.config import TrainConfig
+from training.data import Digits, load_mnist_dir, load_training_data, split_train_val
+from training.export import read_metadata, write_metadata
+
+CONFIDENCE = 0.9
+
+
+class OnnxModel:
+    """The exported encoder and decoder of a model folder, run by onnxruntime."""
+
+    def __init__(self, model_dir: Path):
+        import onnxruntime as ort
+
+        self.metadata = read_metadata(model_dir)
+        self.kind = self.metadata["kind"]
+        self.z_dim = self.metadata["z_dim"]
+        options = ort.SessionOptions()
+        providers = ["CPUExecutionProvider"]
+        enc, dec = self.metadata["encoder"], self.metadata["decoder"]
+        self._encoder = ort.InferenceSession(str(model_dir / enc["file"]), options, providers)
+        self._decoder = ort.InferenceSession(str(model_dir / dec["file"]), options, providers)
+        self._encoder_input, self._encoder_outputs = enc["input"], enc["outputs"]
+        self._decoder_input = dec["input"]
+
+    def encode(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """{'mu', 'log_var'} (VAE) or {'z'} (AE), batched to bound memory."""
+        parts = [
+            self._encoder.run(None, {self._encoder_input: images[i : i + 1000]})
+            for i in range(0, len(images), 1000)
+        ]
+        return {
+            name: np.concatenate([p[k] for p in parts])
+            for k, name in enumerate(self._encoder_outputs)
+        }
+
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        z = np.ascontiguousarray(z, dtype=np.float32)
+        return np.concatenate(
+            [
+                self._decoder.run(None, {self._decoder_input: z[i : i + 1000]})[0]
+                for i in range(0, len(z), 1000)
+            ]
+        )
+
+    def mean_latent(self, images: np.ndarray) -> np.ndarray:
+        encoded = self.encode(images)
+        return encoded["mu"] if self.kind == "vae" else encoded["z"]
+
+
+def held_out_set(config: TrainConfig, data_dir: str | None) -> Digits:
+    """The test split of `data_dir` if given, else the run's own validation split."""
+    if data_dir is not None:
+        return load_mnist_dir(data_dir, "test")
+    _, val = split_train_val(load_training_data(config.data_dir, config.limit), config.val_size)
+    return val
+
+
+def evaluate(
+    model_dir: Path,
+    data_dir: str | None,
+    classifier_epochs: int = 8,
+    samples: int = 10_000,
+    seed: int = 0,
+    figures: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Evaluate `model_dir`; returns the evaluation dict (also written to the folder)."""
+    from training.classifier import predict, sample_quality, train_classifier
+
+    started = time.perf_counter()
+    model = OnnxModel(model_dir)
+    config = TrainConfig.from_dict(model.metadata["training"]["config"])
+    test = held_out_set(config, data_dir)
+    train, _ = split_train_val(load_training_data(config.data_dir, config.limit), config.val_size)
+
+    encoded = model.encode(test.images)
+    z_mean = model.mean_latent(test.images)
+    recon = model.decode(z_mean)
+    mse = float(((recon - test.images) ** 2).mean())
+    result: dict = {
+        "data": test.source,
+        "images": len(test),
+        "reconstruction_mse_per_pixel": mse,
+        "latent_mean": z_mean.mean(0).round(4).tolist(),
+        "latent_std": z_mean.std(0).round(4).tolist(),
+    }
+    if model.kind == "vae":
+        mu, log_var = encoded["mu"], encoded["log_var"]
+        kl = -0.5 * np.sum(1 + log_var - mu**2 - np.exp(log_var), axis=1)
+        result["kl_per_image"] = float(kl.mean())
+
+    classifier = train_classifier(train, epochs=classifier_epochs, seed=seed, progress=progress)
+    test_probs, test_features = predict(classifier, test.images)
+    result["classifier"] = {
+        "trained_on": train.source,
+        "epochs": classifier_epochs,
+        "test_accuracy": float((test_probs.argmax(1) == test.labels).mean()),
+    }
+    rng = np.random.default_rng(seed)
+    normal_z = rng.standard_normal((samples, model.z_dim)).astype(np.float32)
+    result["samples_normal"] = sample_quality(classifier, model.decode(normal_z), test_features)
+    if model.kind == "ae":
+        # The book samples the AE uniformly over the box its encodings occupy.
+        low, high = z_mean.min(0), z_mean.max(0)
+        box_z = rng.uniform(low, high, (samples, model.z_dim)).astype(np.float32)
+        result["samples_box"] = sample_quality(classifier, model.decode(box_z), test_features)
+        result["samples_box"]["box"] = [low.round(3).tolist(), high.round(3).tolist()]
+    result["seconds"] = round(time.perf_counter() - started, 1)
+
+    if figures:
+        result["figures"] = draw_figures(model, model_dir, test, z_mean, recon, normal_z)
+    (model_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+    metadata = read_metadata(model_dir)
+    metadata["evaluation"] = result
+    metadata["figures"] = sorted(set(metadata.get("figures", [])) | set(result.get("figures", [])))
+    write_metadata(model_dir, metadata)
+    return result
+
+
+def draw_figures(
+    model: OnnxModel,
+    out_dir: Path,
+    test: Digits,
+    z_mean: np.ndarray,
+    recon: np.ndarray,
+    normal_z: np.ndarray,
+) -> list[str]:
+    from training import figures
+
+    name = model.kind.upper()
+    decode: Callable[[np.ndarray], np.ndarray] = model.decode
+    figures.plot_reconstructions(
+        test.images[:10],
+        recon[:10],
+        out_dir / "reconstructions.png",
+        f"{name}: originals (top) and reconstructions (bottom), {test.source}",
+    )
+    figures.plot_latent_scatter(
+        z_mean[:5000],
+        test.labels[:5000],
+        out_dir / "latent_scatter.png",
+        f"{name} latent space of held-out digits",
+    )
+    figures.plot_samples(
+        decode, normal_z[:100], out_dir / "samples.png", f"{name}: decoded z ~ N(0, I)"
+    )
+    names = ["reconstructions.png", "latent_scatter.png", "samples.png"]
+    if model.z_dim == 2:
+        figures.plot_manifold(
+            decode, out_dir / "manifold.png", f"{name}: z on a grid of normal quantiles"
+        )
+        names.append("manifold.png")
+    return names
+
+
+def summary_line(name: str, result: dict) -> str:
+    samples = result["samples_normal"]
+    line = (
+        f"{name}: MSE/pixel {result['reconstruction_mse_per_pixel']:.4f}"
+        + (f", KL {result['kl_per_image']:.2f}" if "kl_per_image" in result else "")
+        + f"; N(0,I) samples: {samples['confident_share']:.1%} confident, "
+        f"class entropy {samples['class_entropy']:.3f}, "
+        f"smallest class {samples['min_class_share']:.1%}, FD {samples['frechet_distance']:.1f}"
+    )
+    if "samples_box" in result:
+        box = result["samples_box"]
+        line += (
+            f"; box samples: {box['confident_share']:.1%} confident, "
+            f"entropy {box['class_entropy']:.3f}, smallest {box['min_class_share']:.1%}"
+        )
+    return line + f" (classifier test accuracy {result['classifier']['test_accuracy']:.2%})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="vae-evaluate",
+        description="Evaluate an exported model folder: reconstruction, KL, latent statistics, "
+        "sample quality read by a digit classifier, and the book's figures.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("model_dir", type=Path, help="an exported model folder (models/NAME)")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with the MNIST test IDX files (t10k-*); default: the model's own "
+        "validation split",
+    )
+    p.add_argument("--classifier-epochs", type=int, default=8, help="epochs of the judge")
+    p.add_argument("--samples", type=int, default=10_000, help="random latent points to judge")
+    p.add_argument("--seed", type=int, default=0, help="seed for the judge and the samples")
+    p.add_argument("--no-figures", action="store_true", help="skip the figures")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    from training.data import DataError
+
+    try:
+        result = evaluate(
+            args.model_dir,
+            args.data_dir,
+            classifier_epochs=args.classifier_epochs,
+            samples=args.samples,
+            seed=args.seed,
+            figures=not args.no_figures,
+            progress=not args.no_progress,
+        )
+    except (DataError, FileNotFoundError) as exc:
+        print(f"vae-evaluate: {exc}", file=sys.stderr)
+        return 2
+    print(summary_line(args.model_dir.name, result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
