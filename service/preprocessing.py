@@ -32,7 +32,7 @@ WORK_SIZE = 512
 # Below this contrast between the background and the brightest ink there is no digit.
 MIN_CONTRAST = 0.1
 # Ink below this fraction of the contrast is treated as background noise (paper grain, JPEG).
-NOISE_FLOOR = 0.15
+NOISE_FLOOR = 0.05
 
 # Pillow only *warns* between MAX_IMAGE_PIXELS and twice that; we check the size ourselves
 # before decoding, and make the warning an error too, so a bomb is never decoded silently.

@@ -104,6 +104,26 @@ def digit_png() -> bytes:
     return png_bytes(digit_array())
 
 
-@pytest.fixture
-def anyio_backend() -> Iterator[str]:
-    yield "asyncio"
+def pytest_configure(config: pytest.Config) -> None:
+    # Starlette 1.x nudges toward httpx2 for its TestClient; httpx still works and is what
+    # the dev extras install.
+    config.addinivalue_line(
+        "filterwarnings", "ignore:Using `httpx` with `starlette.testclient`:UserWarning"
+    )
+
+
+def make_client(model_dir: Path, **settings: object):
+    """A TestClient (lifespan not yet entered) for an app over `model_dir`."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.config import Settings
+
+    return TestClient(create_app(Settings(model_dir=model_dir, **settings)))
+
+
+@pytest.fixture(scope="session")
+def client(model_dir: Path) -> Iterator:
+    """A started app over the tiny models, shared by the read-mostly API tests."""
+    with make_client(model_dir) as test_client:
+        yield test_client
