@@ -86,7 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = None
     app.state.ready = False
     app.add_exception_handler(RequestValidationError, validation_error_handler)
-    app.include_router(build_router(settings))
+    router = build_router(settings)
+    app.include_router(router)
 
     # add_middleware wraps: the last added is the outermost.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)

@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.config import Settings
 from service.models import Model, ModelRegistry
@@ -67,7 +68,7 @@ def _has_no_body(request: Request) -> bool:
 async def _form(request: Request, max_files: int, field: str):
     try:
         return await request.form(max_files=max_files, max_fields=16)
-    except HTTPException as exc:
+    except StarletteHTTPException as exc:  # Starlette's, which FastAPI's subclasses
         if exc.status_code == 400 and str(exc.detail).startswith("Too many files"):
             raise validation_error(
                 ["body", field], f"at most {max_files} file(s) in field {field!r}"

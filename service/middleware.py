@@ -10,12 +10,13 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.metrics import Metrics
@@ -85,17 +86,17 @@ class BodySizeLimitMiddleware:
             await response(scope, receive, send)
 
 
-def _route_template(scope: Scope) -> str:
+def _route_template(scope: Scope, routes: Sequence[BaseRoute]) -> str:
     """The matched route's path template ("/models/{name}"), never the raw path: bounded label
-    cardinality for metrics."""
+    cardinality for metrics. Requests answered before routing (a 413 on Content-Length) are
+    matched against `routes` here."""
     route = scope.get("route")
-    if route is not None and hasattr(route, "path"):
+    if isinstance(getattr(route, "path", None), str):
         return route.path
-    app = scope.get("app")
-    for candidate in getattr(getattr(app, "router", None), "routes", []):
-        match, _ = candidate.matches(scope)
-        if match == Match.FULL:
-            return candidate.path
+    for candidate in routes:
+        path = getattr(candidate, "path", None)
+        if isinstance(path, str) and candidate.matches(scope)[0] == Match.FULL:
+            return path
     return UNMATCHED_ROUTE
 
 
@@ -103,10 +104,17 @@ class RequestContextMiddleware:
     """Per request: an id (X-Request-ID echoed, or generated), `X-Content-Type-Options: nosniff`,
     a JSON access log line, Prometheus request metrics, and a JSON 500 for unhandled errors."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, access_log: bool = True):
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        access_log: bool = True,
+        routes: Sequence[BaseRoute] = (),
+    ):
         self.app = app
         self.metrics = metrics
         self.access_log = access_log
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -146,7 +154,7 @@ class RequestContextMiddleware:
             await response(scope, receive, send_with_headers)
         finally:
             seconds = time.perf_counter() - start
-            route = _route_template(scope)
+            route = _route_template(scope, self.routes)
             self.metrics.observe_request(scope["method"], route, status, seconds)
             if self.access_log:
                 client = scope.get("client")
