@@ -3,26 +3,38 @@
 #   docker build -t vae-service .
 #   docker run -p 8000:8000 vae-service
 #
-# Two stages: `build` installs pyproject's core dependencies (the serving set: no torch) into
-# /opt/venv; the runtime stage is python:3.11-slim plus that venv, service/ and models/ only.
+# Stages: `requirements` reads pyproject's core dependencies (the serving set: no torch), `build`
+# installs them into /opt/venv, and the runtime stage is python:3.11-slim plus that venv,
+# service/, models/ and the entrypoint only.
 # No compilers, no pip cache, no build tools, no tests in the result. See README.md, "Container".
 
 ARG PYTHON_IMAGE=python:3.11-slim
+
+# The serving set is pyproject's core `dependencies`, read with tomllib. In a stage of its own,
+# so the install below is keyed on requirements.txt alone: editing other parts of pyproject.toml,
+# service/ or models/ reuses the cached install.
+FROM ${PYTHON_IMAGE} AS requirements
+COPY pyproject.toml /tmp/pyproject.toml
+RUN python -c "import tomllib; \
+deps = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']; \
+open('/tmp/requirements.txt', 'w').write('\n'.join(deps) + '\n')"
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
-# Only pyproject.toml decides this layer, so editing service/ or models/ reuses it. The runtime
-# never installs packages, so pip and setuptools leave the venv once the install is checked.
-COPY pyproject.toml /tmp/build/pyproject.toml
-RUN python -c "import tomllib; \
-deps = tomllib.load(open('/tmp/build/pyproject.toml', 'rb'))['project']['dependencies']; \
-open('/tmp/build/requirements.txt', 'w').write('\n'.join(deps) + '\n')" \
- && /opt/venv/bin/python -m pip install --no-compile -r /tmp/build/requirements.txt \
+COPY --from=requirements /tmp/requirements.txt /tmp/requirements.txt
+# Once the install is checked, what serving never runs leaves the venv: pip and setuptools (the
+# runtime installs nothing), numpy's test suite, and onnxruntime's offline model tools
+# (transformer optimiser, quantisation, conversion scripts; inference is onnxruntime.capi).
+RUN /opt/venv/bin/python -m pip install --no-compile -r /tmp/requirements.txt \
  && /opt/venv/bin/python -m pip check \
  && /opt/venv/bin/python -m pip uninstall --yes --quiet pip setuptools \
+ && site=/opt/venv/lib/python3.11/site-packages \
+ && rm -rf "$site"/onnxruntime/transformers "$site"/onnxruntime/quantization \
+           "$site"/onnxruntime/tools \
+ && find "$site"/numpy -depth -type d -name tests -exec rm -rf {} + \
  && find /opt/venv -depth -name __pycache__ -type d -exec rm -rf {} + \
  && /opt/venv/bin/python -c "import fastapi, numpy, onnxruntime, PIL, prometheus_client, uvicorn"
 

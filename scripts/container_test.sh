@@ -44,10 +44,11 @@ T_START=$(date +%s.%N)
 log() { printf '[container-test] %s\n' "$*" >&2; }
 die() { log "FAIL: $*"; exit 1; }
 
-# The processes below pid $1 (children first listed), from /proc: no procps needed.
+# The processes below pid $1, from /proc (no procps needed). Every thread's children: buildah
+# is a Go program and forks from any of its threads.
 descendants() {
     local child
-    for child in $(cat "/proc/$1/task/$1/children" 2>/dev/null); do
+    for child in $(cat "/proc/$1"/task/*/children 2>/dev/null); do
         echo "$child"
         descendants "$child"
     done
@@ -352,6 +353,18 @@ print(f"GET /metrics -> {status} {ctype} {len(text.splitlines())} lines")
 EOF
 }
 
+# Resident memory of the serving processes (all uvicorn processes of the container).
+server_rss() {
+    local p kb=0 rss
+    for p in $(descendants "$SERVER_PID"); do
+        if tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q 'python -m service\|multiprocessing'; then
+            rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0)
+            kb=$((kb + ${rss:-0}))
+        fi
+    done
+    log "server resident memory after the probes: $((kb / 1024)) MiB"
+}
+
 healthcheck() {
     # The image's own HEALTHCHECK command, run inside the image beside the server.
     [ -n "$HEALTHCHECK_CMD" ] || die "no healthcheck command found"
@@ -373,12 +386,61 @@ stop() {
         fi
     done
     [ -n "$pid" ] || { descendants "$SERVER_PID"; die "cannot find the entrypoint process"; }
-    log "SIGTERM to the entrypoint (pid $pid)"
+    # Requests in flight when SIGTERM lands must still complete: the drain. Eight large
+    # /sample requests at once keep the server busy for a while; SIGTERM goes once all are sent.
+    python3 - "$PORT" "$WORK/inflight" <<'EOF_PY' &
+import http.client
+import sys
+import threading
+import time
+
+port, out = int(sys.argv[1]), sys.argv[2]
+results, conns = [], []
+for _ in range(8):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("GET", "/sample?n=256")
+    conns.append(conn)
+open(out + ".sent", "w").close()
+
+
+def finish(conn):
+    try:
+        response = conn.getresponse()
+        body = response.read()
+        results.append((response.status, len(body), time.time()))
+    except Exception as exc:  # reported to the shell
+        results.append((repr(exc).replace(" ", "_"), 0, time.time()))
+
+
+threads = [threading.Thread(target=finish, args=(c,)) for c in conns]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+with open(out, "w") as f:
+    f.writelines(f"{status} {size} {ended:.3f}\n" for status, size, ended in results)
+EOF_PY
+    local client=$! waited=0
+    until [ -e "$WORK/inflight.sent" ] || [ "$waited" -ge 100 ]; do
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    sleep 0.05
+    log "SIGTERM to the entrypoint (pid $pid), with 8 x GET /sample?n=256 sent"
+    local rc=0 t0 t_sig
+    t_sig=$(date +%s.%N)
     kill -TERM "$pid"
-    local rc=0 t0
     t0=$(date +%s)
     wait "$SERVER_PID" || rc=$?
     SERVER_PID=
+    wait "$client" || true
+    [ -s "$WORK/inflight" ] || die "no results from the in-flight requests"
+    local failed after
+    failed=$(awk '$1 != 200' "$WORK/inflight")
+    [ -z "$failed" ] || die "in-flight requests failed after SIGTERM: $failed"
+    after=$(awk -v t="$t_sig" '$3 > t' "$WORK/inflight" | wc -l)
+    log "in-flight requests: 8 of 8 answered 200; $after finished after SIGTERM (drained)"
+    [ "$after" -gt 0 ] || log "warning: all finished before SIGTERM landed; the drain went unseen"
     log "server log (last lines):"
     tail -12 "$WORK/server.log" | sed 's/^/    /'
     [ "$rc" = 0 ] || die "exit status $rc after SIGTERM (wanted 0)"
@@ -394,6 +456,7 @@ main() {
     step inspect inspect_image
     step start start
     step probe probe
+    server_rss
     step health healthcheck
     step stop stop
 

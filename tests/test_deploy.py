@@ -175,7 +175,11 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 def test_dockerfile_is_multi_stage_slim_and_non_root():
     instructions = dockerfile_instructions()
     froms = [arg for op, arg in instructions if op == "FROM"]
-    assert len(froms) == 2 and froms[0].endswith(" AS build")
+    assert froms == [
+        "${PYTHON_IMAGE} AS requirements",
+        "${PYTHON_IMAGE} AS build",
+        "${PYTHON_IMAGE}",
+    ]
     args = dict(a.split("=", 1) for op, a in instructions if op == "ARG" and "=" in a)
     assert args["PYTHON_IMAGE"] == "python:3.11-slim"
     last_from = max(i for i, (op, _) in enumerate(instructions) if op == "FROM")
@@ -218,7 +222,7 @@ def test_dockerignore_keeps_the_context_small():
 FAKE_PYTHON = """\
 #!/bin/sh
 # Stand-in for `python -m service`: report what it was given, then serve until SIGTERM.
-echo "args=$* workers=$VAE_WORKERS threads=$VAE_INTRA_OP_THREADS" >"$FAKE_OUT"
+echo "args=$* workers=$WEB_CONCURRENCY threads=$VAE_INTRA_OP_THREADS" >"$FAKE_OUT"
 trap 'echo drained >>"$FAKE_OUT"; trap - TERM; kill -TERM $$' TERM
 while :; do sleep 0.05; done
 """
@@ -266,6 +270,7 @@ def stop(proc: subprocess.Popen) -> int:
         ({"VAE_CPUS": "4", "VAE_WORKERS": "2"}, "workers=2 threads=2"),
         ({"VAE_CPUS": "1", "VAE_WORKERS": "3"}, "workers=3 threads=1"),
         ({"VAE_CPUS": "8", "VAE_INTRA_OP_THREADS": "3"}, "workers=1 threads=3"),
+        ({"VAE_CPUS": "6", "WEB_CONCURRENCY": "3"}, "workers=3 threads=2"),
     ],
 )
 def test_entrypoint_sizes_threads_to_cpus_and_exits_0_on_sigterm(fake_python, env, expected):

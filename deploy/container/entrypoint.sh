@@ -2,7 +2,7 @@
 # Container entrypoint for the VAE service (POSIX sh: python:3.11-slim has dash, no bash needed).
 #
 # 1. Sizes the process to the CPUs this container may use: VAE_WORKERS (uvicorn worker
-#    processes, default 1) and VAE_INTRA_OP_THREADS (onnxruntime threads per worker, default
+#    processes, default 1, passed on as WEB_CONCURRENCY) and VAE_INTRA_OP_THREADS (onnxruntime threads per worker, default
 #    CPUs / workers). CPUs = the cgroup CPU quota (docker --cpus, a Kubernetes CPU limit),
 #    else the CPUs the process may run on (nproc); VAE_CPUS overrides the detection.
 # 2. Runs `python -m service` on 0.0.0.0:$PORT and forwards SIGTERM/SIGINT to it. uvicorn then
@@ -37,12 +37,14 @@ else
 fi
 [ "$cpus" -ge 1 ] 2>/dev/null || cpus=1
 
-: "${VAE_WORKERS:=1}"
+# uvicorn reads its worker count from WEB_CONCURRENCY (python -m service leaves `workers` unset).
+: "${VAE_WORKERS:=${WEB_CONCURRENCY:-1}}"
+WEB_CONCURRENCY=$VAE_WORKERS
 if [ -z "${VAE_INTRA_OP_THREADS:-}" ]; then
     VAE_INTRA_OP_THREADS=$((cpus / VAE_WORKERS))
     [ "$VAE_INTRA_OP_THREADS" -ge 1 ] || VAE_INTRA_OP_THREADS=1
 fi
-export VAE_WORKERS VAE_INTRA_OP_THREADS
+export VAE_WORKERS WEB_CONCURRENCY VAE_INTRA_OP_THREADS
 : "${PORT:=8000}"
 : "${HOST:=0.0.0.0}"
 
