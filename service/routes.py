@@ -3,11 +3,12 @@ onnxruntime releases the GIL, so the event loop never blocks on a model. Probes 
 and touch no model."""
 
 import mimetypes
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 
 from service import imaging
 from service.config import Settings
@@ -47,6 +48,7 @@ from service.schemas import (
     VaeEncoding,
 )
 
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 IMAGE_ERROR_STATUS: dict[type[ImageInputError], int] = {
     EmptyImageError: 400,
     CorruptImageError: 400,
@@ -342,6 +344,15 @@ def build_router(settings: Settings) -> APIRouter:
             )
         media_type = mimetypes.guess_type(file)[0] or "application/octet-stream"
         return FileResponse(model.path / file, media_type=media_type)
+
+    @router.get("/", include_in_schema=False)
+    async def root() -> Response:
+        # The latent-space explorer page, once service/static/index.html exists; the API docs
+        # until then.
+        page = STATIC_DIR / "index.html"
+        if page.is_file():
+            return FileResponse(page, media_type="text/html")
+        return RedirectResponse("/docs")
 
     @router.get("/healthz", response_model=Health, summary="Liveness (no model work)")
     async def healthz() -> Health:

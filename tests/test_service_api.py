@@ -265,6 +265,12 @@ def test_figures_only_listed_files(client, name) -> None:
 # --- probes, metrics, headers, logs, docs ----------------------------------------------
 
 
+def test_root_leads_somewhere(client) -> None:
+    r = client.get("/", follow_redirects=False)
+    assert r.status_code in (200, 307)
+    assert client.get("/").status_code == 200
+
+
 def test_healthz_and_readyz(client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready", "models": ["ae", "vae"]}
