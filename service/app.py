@@ -14,13 +14,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from service import __version__
 from service.config import Settings
 from service.metrics import Metrics
 from service.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from service.models import ModelLoadError, ModelRegistry
-from service.routes import build_router
+from service.routes import STATIC_DIR, build_router
 
 logger = logging.getLogger("service")
 
@@ -88,6 +89,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     router = build_router(settings)
     app.include_router(router)
+    # The latent-space explorer's assets (index.html at "/" refers to static/...). check_dir
+    # off: the folder is optional, and a missing file is a plain 404.
+    app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
 
     # add_middleware wraps: the last added is the outermost.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)

@@ -269,6 +269,9 @@ def test_root_leads_somewhere(client) -> None:
     r = client.get("/", follow_redirects=False)
     assert r.status_code in (200, 307)
     assert client.get("/").status_code == 200
+    r = client.get("/static/no-such-file.js")
+    assert r.status_code == 404 and r.headers["x-content-type-options"] == "nosniff"
+    assert client.get("/static/../app.py").status_code == 404
 
 
 def test_healthz_and_readyz(client) -> None:
