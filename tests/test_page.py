@@ -1,0 +1,602 @@
+"""The latent-space explorer (GET /, service/static/): served as it should be, and driven in a
+real headless Chromium (Playwright) against `python -m service` on a loopback port.
+
+The browser tests skip, saying why, without Playwright or /usr/bin/chromium (CI installs both).
+Screenshots go to artifacts/screenshots/<model dir name>/ (git-ignored); the paths are printed.
+EXPLORER_MODEL_DIR=models runs the browser tests against another model folder (the shipped
+models, say) instead of the tiny untrained test models.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+STATIC = REPO / "service" / "static"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+PAGE_BUDGET = 300_000  # bytes: the page, its assets and the data it loads at start
+START_TIMEOUT = 60.0
+WAIT_MS = 20_000
+MANIFOLD_P = np.linspace(0.05, 0.95, 20)
+
+
+# --------------------------------------------------------------------------- no browser
+
+
+def test_index_is_the_explorer(client) -> None:
+    r = client.get("/")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/html")
+    html = r.text
+    for needle in ('id="draw"', 'id="map"', 'src="static/app.js"', 'href="static/style.css"'):
+        assert needle in html
+
+
+def _assets(html: str) -> list[str]:
+    return re.findall(r'(?:src|href)="(static/[^"]+)"', html)
+
+
+EXPECTED_TYPES = {".js": ("text/javascript", "application/javascript"), ".css": ("text/css",)}
+
+
+def test_static_assets_are_served_with_their_types(client) -> None:
+    assets = _assets(client.get("/").text)
+    assert sorted(assets) == ["static/app.js", "static/style.css"]
+    for asset in assets:
+        r = client.get("/" + asset)
+        assert r.status_code == 200, asset
+        kind = r.headers["content-type"].split(";")[0].strip()
+        assert kind in EXPECTED_TYPES[Path(asset).suffix], (asset, kind)
+        assert r.content == (STATIC / Path(asset).name).read_bytes()
+
+
+def test_page_and_its_start_up_data_weigh_under_300_kb(client) -> None:
+    """What a first visit downloads: the page, its assets, /models and every model's latent
+    points (the VAE vs AE view loads both)."""
+    html = client.get("/")
+    sizes = {"/": len(html.content)}
+    for asset in _assets(html.text):
+        sizes[asset] = len(client.get("/" + asset).content)
+    models = client.get("/models")
+    sizes["/models"] = len(models.content)
+    for info in models.json()["models"]:
+        if info.get("latent_points"):
+            path = f"/models/{info['name']}/latent-points"
+            sizes[path] = len(client.get(path).content)
+    total = sum(sizes.values())
+    print(f"page weight: {total} bytes {sizes}")
+    assert total < PAGE_BUDGET, sizes
+
+
+def test_static_files_make_no_external_requests() -> None:
+    """No CDN, no web fonts, no analytics: nothing in service/static names another host."""
+    for path in STATIC.iterdir():
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.IGNORECASE), path
+        assert "@import" not in text and "import(" not in text, path
+
+
+# --------------------------------------------------------------------------- the browser
+
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # pragma: no cover - depends on the machine
+    sync_playwright = None
+
+
+def _skip_reason() -> str | None:
+    if sync_playwright is None:
+        return "Playwright for Python is not installed (pip install -e '.[dev]')"
+    if not CHROMIUM.exists():
+        return f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium)"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop the server we started, by its PID: SIGTERM, then SIGKILL after 10 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def explorer_models(request) -> Path:
+    chosen = os.environ.get("EXPLORER_MODEL_DIR")
+    if chosen:
+        return Path(chosen).resolve()
+    return request.getfixturevalue("model_dir")
+
+
+@pytest.fixture(scope="module")
+def server(explorer_models: Path, tmp_path_factory) -> str:
+    """`python -m service` on a free loopback port; yields its base URL."""
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("explorer-server") / "server.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO,
+            env={**os.environ, "VAE_MODEL_DIR": str(explorer_models), "VAE_ACCESS_LOG": "false"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + START_TIMEOUT
+            while True:
+                if process.poll() is not None:
+                    pytest.fail(f"server exited with {process.returncode}: {log_path.read_text()}")
+                try:
+                    if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"server not ready in {START_TIMEOUT} s: {log_path.read_text()}")
+                time.sleep(0.1)
+            yield base
+        finally:
+            stop(process)
+
+
+@pytest.fixture(scope="module")
+def api(server: str):
+    with httpx.Client(base_url=server, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def browser(server: str):
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def shots(explorer_models: Path) -> Path:
+    name = "tiny-models" if "EXPLORER_MODEL_DIR" not in os.environ else explorer_models.name
+    folder = REPO / "artifacts" / "screenshots" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def screenshot(page, folder: Path, name: str) -> None:
+    path = folder / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    print(f"screenshot: {path}")
+
+
+class Session:
+    """One page of the explorer, with what it asked for and what went wrong."""
+
+    def __init__(self, browser, base: str, **context) -> None:
+        context = {"viewport": {"width": 1360, "height": 900}, **context}
+        self.context = browser.new_context(**context)
+        self.page = self.context.new_page()
+        self.base = base
+        self.errors: list[str] = []
+        self.requests: list = []
+        self.responses: list = []
+        self.page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
+        self.page.on("console", self._console)
+        self.page.on("request", lambda r: self.requests.append(r))
+        self.page.on("response", lambda r: self.responses.append(r))
+
+    def _console(self, message) -> None:
+        if message.type == "error":
+            self.errors.append(f"console error: {message.text}")
+
+    def open(self) -> None:
+        self.page.goto(self.base + "/")
+        self.page.wait_for_selector("body[data-ready=true]", timeout=WAIT_MS)
+
+    def js(self, expression: str, arg=None):
+        return self.page.evaluate(expression, arg)
+
+    def wait(self, expression: str, arg=None) -> None:
+        self.page.wait_for_function(expression, arg=arg, timeout=WAIT_MS)
+
+    def box(self, selector: str) -> dict:
+        box = self.page.locator(selector).bounding_box()
+        assert box, f"{selector} is not visible"
+        return box
+
+    def map_point(self, selector: str, fx: float, fy: float) -> tuple[float, float]:
+        """Page coordinates of the point at fractions (fx, fy) of a map's plot area."""
+        b = self.box(selector)
+        plot = self.js(
+            "(sel) => { const m = explorer.maps().find((m) => '#' + m.canvas.id === sel);"
+            " return m.plot(); }",
+            selector,
+        )
+        return (
+            b["x"] + plot["left"] + fx * plot["side"],
+            b["y"] + plot["top"] + fy * plot["side"],
+        )
+
+    def image_pixels(self, selector: str) -> list[int]:
+        """The grey levels of an <img> as the page shows it (decoded by Chromium)."""
+        return self.js(
+            """(sel) => {
+              const img = document.querySelector(sel);
+              const c = document.createElement('canvas');
+              c.width = img.naturalWidth; c.height = img.naturalHeight;
+              const ctx = c.getContext('2d');
+              ctx.drawImage(img, 0, 0);
+              const d = ctx.getImageData(0, 0, c.width, c.height).data;
+              return Array.from(d.filter((_, i) => i % 4 === 0));
+            }""",
+            selector,
+        )
+
+    def draw_stroke(self) -> None:
+        """A '7' on the drawing pad with the mouse: two strokes."""
+        b = self.box("#draw")
+        at = lambda fx, fy: (b["x"] + fx * b["width"], b["y"] + fy * b["height"])  # noqa: E731
+        mouse = self.page.mouse
+        for stroke in ([(0.3, 0.25), (0.7, 0.25), (0.42, 0.8)], [(0.4, 0.5), (0.62, 0.5)]):
+            mouse.move(*at(*stroke[0]))
+            mouse.down()
+            for point in stroke[1:]:
+                mouse.move(*at(*point), steps=12)
+            mouse.up()
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def session(browser, server):
+    s = Session(browser, server)
+    yield s
+    s.close()
+    assert not s.errors, s.errors
+
+
+def _png_gray(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("L"))
+
+
+@pytest.mark.browser
+def test_page_loads_fast_and_draws_the_map(session, shots) -> None:
+    session.open()
+    page = session.page
+    # every request stayed on the server; the bytes fit the budget
+    hosts = {re.sub(r"^https?://([^/]+)/.*$", r"\1", r.url) for r in session.requests}
+    assert hosts == {session.base.split("//")[1]}, hosts
+    page.wait_for_load_state("networkidle")
+    weight = sum(len(r.body()) for r in session.responses if r.status == 200)
+    print(f"page weight in the browser: {weight} bytes over {len(session.responses)} responses")
+    assert weight < PAGE_BUDGET
+    # the map: points drawn, a legend with one entry per digit present, axes in latent units
+    points = session.js("explorer.state.points.get(explorer.state.model)")
+    if points and points.get("labels"):
+        legend = page.locator("#legend li").all_inner_texts()
+        digits = sorted(set(points["labels"]))
+        assert legend[: len(digits)] == [str(d) for d in digits]
+    drawn = session.js(
+        "(() => { const c = document.getElementById('map');"
+        " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        " let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] !== d[i + 1]) n++;"
+        " return n; })()"
+    )
+    if points:
+        assert drawn > 50, "no coloured points on the map"
+    screenshot(page, shots, "01-load")
+
+
+@pytest.mark.browser
+def test_drawing_shows_input_reconstruction_and_latent_point(session, api, shots) -> None:
+    session.open()
+    session.draw_stroke()
+    page = session.page
+    session.wait("explorer.state.result !== null")
+    page.wait_for_selector("#result:not([hidden])")
+    session.wait("document.getElementById('recon').complete")
+    state = session.js(
+        "({ model: explorer.state.model, result: explorer.state.result,"
+        "   sent: explorer.state.inputBase64 })"
+    )
+    result = state["result"]
+    # the page shows the input the model saw and its reconstruction, both 28x28
+    for selector in ("#seen", "#recon"):
+        assert session.js(f"document.querySelector('{selector}').naturalWidth") == 28
+    seen = session.image_pixels("#seen")
+    assert max(seen) > 200, "the preprocessed input shows no ink"
+    # mu from the page == mu from /encode of the exact bytes the page sent
+    sent = base64.b64decode(state["sent"])
+    assert sent[:8] == b"\x89PNG\r\n\x1a\n"
+    direct = api.post(
+        "/encode", params={"model": state["model"]}, files={"file": ("d.png", sent, "image/png")}
+    ).json()
+    kind = "mu" if "mu" in direct else "z"
+    page_code = result["mu"] if kind == "mu" else result["z"][0]
+    np.testing.assert_allclose(page_code, direct[kind], rtol=0, atol=1e-6)
+    shown = page.inner_text("#mu")
+    assert shown == "(" + ", ".join(f"{v:.3f}" for v in page_code) + ")".replace("-0.000", "0.000")
+    if kind == "mu":
+        sigma = np.exp(0.5 * np.asarray(direct["log_var"]))
+        assert page.inner_text("#sigma") == "(" + ", ".join(f"{v:.3f}" for v in sigma) + ")"
+    # ... and lands on the map: the marker's dark ring is drawn where mu is
+    ring = session.js(
+        """(() => {
+          const m = explorer.maps()[0];
+          const e = m.encoding; const [x, y] = m.toPx(e.mu || e.z);
+          const dpr = window.devicePixelRatio || 1;
+          const px = m.ctx.getImageData(Math.round((x + 6) * dpr), Math.round(y * dpr), 1, 1).data;
+          return { inside: x > 0 && y > 0 && x < m.size && y < m.size, px: Array.from(px) };
+        })()"""
+    )
+    np.testing.assert_allclose(
+        session.js("(explorer.maps()[0].encoding.mu || explorer.maps()[0].encoding.z)"),
+        page_code,
+    )
+    if ring["inside"]:
+        assert max(ring["px"][:3]) < 80, f"no marker ring at mu: {ring}"
+    screenshot(page, shots, "02-drawn")
+
+
+@pytest.mark.browser
+def test_uploaded_file_is_sent_as_is(session, api, digit_png) -> None:
+    session.open()
+    session.page.set_input_files(
+        "#file", files=[{"name": "seven.png", "mimeType": "image/png", "buffer": digit_png}]
+    )
+    session.wait("explorer.state.result !== null")
+    assert base64.b64decode(session.js("explorer.state.inputBase64")) == digit_png
+    direct = api.post("/reconstruct", params={"format": "json"}, files={"file": digit_png}).json()
+    result = session.js("explorer.state.result")
+    assert result["input"] == direct["input"] and result["images"] == direct["images"]
+
+
+@pytest.mark.browser
+def test_map_hover_drag_click_and_keys_decode(session, api, shots) -> None:
+    session.open()
+    page = session.page
+    mouse = page.mouse
+    # hover: decodes the point under the pointer
+    mouse.move(*session.map_point("#map", 0.1, 0.1))
+    session.wait("explorer.state.decodes >= 1 && !!document.getElementById('probe-img').src")
+    session.wait("document.getElementById('probe-img').complete")
+    first_z = json.loads(page.get_attribute("#probe-img", "data-z"))
+    first = session.image_pixels("#probe-img")
+    # drag to the far corner: the decoded image follows
+    mouse.down()
+    mouse.move(*session.map_point("#map", 0.9, 0.9), steps=8)
+    mouse.up()
+    session.wait(
+        "(z) => { const img = document.getElementById('probe-img');"
+        " return img.complete && img.dataset.z !== JSON.stringify(z); }",
+        first_z,
+    )
+    page.wait_for_timeout(300)  # let the last decode of the drag land
+    session.wait("document.getElementById('probe-img').complete")
+    last_z = json.loads(page.get_attribute("#probe-img", "data-z"))
+    assert last_z[0] > first_z[0] and last_z[1] < first_z[1]  # right and down on the map
+    assert session.image_pixels("#probe-img") != first, "the decoded image did not change"
+    # the probe shows exactly what /decode gives for that z
+    direct = api.post(
+        "/decode", json={"z": [last_z]}, params={"model": session.js("explorer.state.model")}
+    ).content
+    assert np.array_equal(np.asarray(session.image_pixels("#probe-img")), _png_gray(direct).ravel())
+    assert session.js("explorer.state.pins.length") == 0, "a drag must not pin"
+    # click: pins the point
+    mouse.click(*session.map_point("#map", 0.5, 0.3))
+    page.wait_for_selector("#pins li img[src]")
+    assert page.locator("#pins li").count() == 1
+    # keyboard: focus the map, arrows move the probe, Enter pins
+    page.focus("#map")
+    before = json.loads(page.get_attribute("#probe-img", "data-z") or "null")
+    for _ in range(3):
+        page.keyboard.press("ArrowRight")
+    page.keyboard.press("Shift+ArrowUp")
+    session.wait(
+        "(z) => document.getElementById('probe-img').dataset.z !== JSON.stringify(z)", before
+    )
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelectorAll('#pins li img[src]').length === 2")
+    pins = session.js("explorer.state.pins.map((p) => p.z)")
+    assert pins[1][0] > pins[0][0] - 1e9  # both pinned, in order
+    screenshot(page, shots, "03-map-probe-pins")
+    page.keyboard.press("Delete")
+    assert page.locator("#pins li").count() == 1
+
+
+@pytest.mark.browser
+def test_switching_models_reencodes_the_input(session, api, shots) -> None:
+    session.open()
+    names = session.js("explorer.state.models.map((m) => m.name)")
+    if len(names) < 2:
+        pytest.skip("needs two models")
+    session.draw_stroke()
+    session.wait("explorer.state.result !== null")
+    first = session.js("explorer.state.model")
+    other = next(n for n in names if n != first)
+    session.page.click(f"label[for=model-{other}]")
+    session.wait("(m) => explorer.state.result && explorer.state.result.model === m", other)
+    sent = base64.b64decode(session.js("explorer.state.inputBase64"))
+    direct = api.post(
+        "/encode", params={"model": other}, files={"file": ("d.png", sent, "image/png")}
+    ).json()
+    result = session.js("explorer.state.result")
+    if "z" in direct:  # a plain AE: z, no sigma
+        np.testing.assert_allclose(result["z"][0], direct["z"], atol=1e-6)
+        assert session.page.inner_text("#mu-label") == "z"
+        assert session.page.is_hidden("#sigma")
+    else:
+        np.testing.assert_allclose(result["mu"], direct["mu"], atol=1e-6)
+    assert session.js("explorer.maps()[0].model") == other
+    assert session.page.is_checked(f"#model-{other}")
+    screenshot(session.page, shots, f"04-model-{other}")
+
+
+@pytest.mark.browser
+def test_manifold_is_the_decoded_quantile_grid(session, shots) -> None:
+    from scipy.stats import norm
+
+    session.open()
+    axis = session.js("explorer.manifoldAxis()")
+    np.testing.assert_allclose(axis, norm.ppf(MANIFOLD_P), atol=1e-6)
+    session.page.click("label[for=view-manifold]")
+    session.page.wait_for_selector("#map[data-ready=manifold]", timeout=WAIT_MS)
+    decodes = [
+        json.loads(r.post_data)["z"]
+        for r in session.requests
+        if "/decode?" in r.url and r.post_data
+    ]
+    grid = [z for chunk in decodes if len(chunk) > 1 for z in chunk]
+    assert len(grid) == 400
+    q = norm.ppf(MANIFOLD_P)
+    expected = sorted((x, y) for y in q for x in q)
+    np.testing.assert_allclose(sorted(tuple(z[:2]) for z in grid), expected, atol=1e-6)
+    # every cell was drawn: the picture is not one flat colour
+    spread = session.js(
+        "(() => { const c = explorer.maps()[0].manifold.canvas;"
+        " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        " let lo = 255, hi = 0; for (let i = 0; i < d.length; i += 4) {"
+        " lo = Math.min(lo, d[i]); hi = Math.max(hi, d[i]); } return hi - lo; })()"
+    )
+    assert spread > 10
+    screenshot(session.page, shots, "05-manifold")
+
+
+@pytest.mark.browser
+def test_vae_and_ae_side_by_side(session, shots) -> None:
+    session.open()
+    kinds = session.js("explorer.state.models.map((m) => m.kind)")
+    if not {"vae", "ae"} <= set(kinds):
+        pytest.skip("needs a VAE and an AE")
+    session.draw_stroke()
+    session.wait("explorer.state.result !== null")
+    page = session.page
+    page.click("label[for=view-compare]")
+    page.wait_for_selector("#map-a[data-ready=compare]", timeout=WAIT_MS)
+    assert page.is_hidden("#single-view") and page.is_visible("#compare-view")
+    models = session.js("explorer.maps().slice(1).map((m) => m.model)")
+    kinds_shown = [
+        session.js(f"explorer.state.models.find((m) => m.name === '{n}').kind") for n in models
+    ]
+    assert kinds_shown == ["vae", "ae"]
+    # the input is placed on both maps
+    session.wait("explorer.maps().slice(1).every((m) => m.encoding !== null)")
+    for selector in ("#map-a", "#map-b"):
+        assert session.box(selector)["width"] > 200
+    # hovering the AE map decodes with the AE
+    page.mouse.move(*session.map_point("#map-b", 0.4, 0.6))
+    session.wait("(m) => document.getElementById('probe-img').dataset.model === m", models[1])
+    screenshot(page, shots, "06-vae-vs-ae")
+
+
+@pytest.mark.browser
+def test_sample_panel_shows_the_sample_grid(session, api) -> None:
+    session.open()
+    page = session.page
+    page.fill("#sample-n", "9")
+    page.fill("#sample-seed", "3")
+    page.click("#sample-go")
+    page.wait_for_selector("#samples:not([hidden])")
+    session.wait("document.getElementById('samples').complete")
+    shown = session.image_pixels("#samples")
+    model = session.js("explorer.state.model")
+    direct = api.get(
+        "/sample", params={"model": model, "n": 9, "seed": 3, "temperature": 1, "scale": 2}
+    ).content
+    assert np.array_equal(np.asarray(shown), _png_gray(direct).ravel())
+    assert session.js("document.getElementById('samples').naturalWidth") == 3 * 56 + 2 * 2
+
+
+@pytest.mark.browser
+def test_model_without_latent_points_still_explores(browser, server) -> None:
+    """A model exported without latent points: the map has axes but no points; decoding works."""
+    s = Session(browser, server)
+    try:
+
+        def strip(route) -> None:
+            body = route.fetch().json()
+            for info in body["models"]:
+                info["latent_points"] = None
+            route.fulfill(json=body)
+
+        s.page.route("**/models", strip)
+        s.open()
+        assert not any("latent-points" in r.url for r in s.requests)
+        assert s.page.locator("#legend li").count() == 0
+        assert "no held-out" in s.page.inner_text("#model-info")
+        s.page.mouse.move(*s.map_point("#map", 0.5, 0.5))
+        s.wait("explorer.state.decodes >= 1")
+        assert not s.errors, s.errors
+    finally:
+        s.close()
+
+
+@pytest.mark.browser
+def test_phone_screen_and_keyboard_only(browser, server, shots) -> None:
+    """390x844, touch: nothing wider than the screen; the page works from the keyboard."""
+    s = Session(
+        browser,
+        server,
+        viewport={"width": 390, "height": 844},
+        device_scale_factor=2,
+        is_mobile=True,
+        has_touch=True,
+    )
+    try:
+        s.open()
+        page = s.page
+        assert s.js("document.documentElement.scrollWidth") <= 390
+        # keyboard only: Tab to the example button, Enter
+        for _ in range(30):
+            page.keyboard.press("Tab")
+            if s.js("document.activeElement.id") == "example":
+                break
+        assert s.js("document.activeElement.id") == "example"
+        page.keyboard.press("Enter")
+        s.wait("explorer.state.result !== null")
+        page.wait_for_selector("#result:not([hidden])")
+        # a tap on the map pins (touch)
+        page.locator("#map").scroll_into_view_if_needed()
+        page.touchscreen.tap(*s.map_point("#map", 0.5, 0.5))
+        page.wait_for_selector("#pins li")
+        assert s.js("document.documentElement.scrollWidth") <= 390
+        screenshot(page, shots, "07-phone")
+        assert not s.errors, s.errors
+    finally:
+        s.close()
