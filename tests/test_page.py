@@ -470,7 +470,7 @@ def test_switching_models_reencodes_the_input(session, api, shots) -> None:
 
 @pytest.mark.browser
 def test_manifold_is_the_decoded_quantile_grid(session, shots) -> None:
-    from scipy.stats import norm
+    norm = pytest.importorskip("scipy.stats").norm
 
     session.open()
     axis = session.js("explorer.manifoldAxis()")
