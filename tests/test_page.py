@@ -312,6 +312,11 @@ def test_page_loads_fast_and_draws_the_map(session, shots) -> None:
         legend = page.locator("#legend li").all_inner_texts()
         digits = sorted(set(points["labels"]))
         assert legend[: len(digits)] == [str(d) for d in digits]
+        first = page.locator("#legend .legend-item").first
+        first.click()  # highlights that digit's points
+        assert first.get_attribute("aria-pressed") == "true"
+        first.click()
+        assert first.get_attribute("aria-pressed") == "false"
     drawn = session.js(
         "(() => { const c = document.getElementById('map');"
         " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"

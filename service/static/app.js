@@ -424,13 +424,18 @@ class LatentMap {
     if (this.points) {
       const { z, labels } = this.points;
       const r = Math.max(1.6, Math.min(3, side / 190));
-      ctx.globalAlpha = 0.75;
-      for (let i = 0; i < z.length; i++) {
-        const [px, py] = this.toPx(z[i]);
-        ctx.fillStyle = labels ? DIGIT_COLORS[labels[i] % 10] : "#5b6670";
-        ctx.beginPath();
-        ctx.arc(px, py, r, 0, 2 * Math.PI);
-        ctx.fill();
+      // a highlighted digit (legend) is drawn last, on top, the others faded
+      const hl = labels ? highlight : null;
+      for (const pass of hl === null ? [null] : ["rest", "digit"]) {
+        ctx.globalAlpha = pass === "rest" ? 0.12 : 0.75;
+        for (let i = 0; i < z.length; i++) {
+          if (pass !== null && (labels[i] % 10 === hl) !== (pass === "digit")) continue;
+          const [px, py] = this.toPx(z[i]);
+          ctx.fillStyle = labels ? DIGIT_COLORS[labels[i] % 10] : "#5b6670";
+          ctx.beginPath();
+          ctx.arc(px, py, pass === "digit" ? r * 1.3 : r, 0, 2 * Math.PI);
+          ctx.fill();
+        }
       }
       ctx.globalAlpha = 1;
     }
@@ -675,6 +680,7 @@ function renderPins() {
 
 let mainMap;
 let compareMaps = [];
+let highlight = null; // a digit picked in the legend, or null
 
 function allMaps() {
   return [mainMap, ...compareMaps];
@@ -773,9 +779,9 @@ async function showMainMap() {
     }
   } else {
     $("map-title").textContent = "The latent plane";
-    $("map-hint").textContent = "Held-out digits, coloured by label; dashed circles: 1σ and 2σ " +
-      "of N(0, I). Hover or drag to decode any point, click to pin it; keyboard: arrows " +
-      "move (Shift: faster), Enter pins.";
+    $("map-hint").textContent = "Held-out digits, coloured by label (click a digit in the " +
+      "legend to pick it out); dashed circles: 1σ and 2σ of N(0, I). Hover or drag to decode " +
+      "any point, click to pin it; keyboard: arrows move (Shift: faster), Enter pins.";
     mainMap.canvas.dataset.ready = "points";
   }
 }
@@ -832,11 +838,23 @@ function renderLegend(points, kind) {
   counts.forEach((n, digit) => {
     if (!n) return;
     const li = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "legend-item";
+    button.setAttribute("aria-pressed", String(highlight === digit));
+    button.title = `${n} held-out ${digit}s: click to highlight them`;
     const sw = document.createElement("span");
     sw.className = "swatch";
     sw.style.backgroundColor = DIGIT_COLORS[digit];
-    li.append(sw, String(digit));
-    li.title = `${n} held-out ${digit}s`;
+    button.append(sw, String(digit));
+    button.addEventListener("click", () => {
+      highlight = highlight === digit ? null : digit;
+      for (const b of legend.querySelectorAll(".legend-item")) {
+        b.setAttribute("aria-pressed", String(b === button && highlight !== null));
+      }
+      for (const map of allMaps()) map.draw();
+    });
+    li.append(button);
     legend.append(li);
   });
   const you = document.createElement("li");
