@@ -504,6 +504,33 @@ def test_manifold_is_the_decoded_quantile_grid(session, shots) -> None:
 
 
 @pytest.mark.browser
+def test_manifold_fits_a_smaller_max_batch(browser, server) -> None:
+    """A server with VAE_MAX_BATCH under the page's chunk answers 422: the page splits."""
+    s = Session(browser, server)
+    try:
+        sizes: list[int] = []
+
+        def limit(route) -> None:
+            count = len(json.loads(route.request.post_data)["z"])
+            if count > 30:
+                detail = [{"type": "value_error", "loc": ["body", "z"], "msg": "at most 30"}]
+                route.fulfill(status=422, json={"detail": detail})
+            else:
+                sizes.append(count)
+                route.continue_()
+
+        s.page.route("**/decode?*", limit)
+        s.open()
+        s.page.click("label[for=view-manifold]")
+        s.page.wait_for_selector("#map[data-ready=manifold]", timeout=WAIT_MS)
+        assert sum(sizes) == 400 and max(sizes) <= 30
+        unexpected = [e for e in s.errors if "status of 422" not in e]
+        assert not unexpected, unexpected
+    finally:
+        s.close()
+
+
+@pytest.mark.browser
 def test_vae_and_ae_side_by_side(session, shots) -> None:
     session.open()
     kinds = session.js("explorer.state.models.map((m) => m.kind)")

@@ -37,7 +37,12 @@ const state = {
 
 // ---------------------------------------------------------------- API
 
-class ApiError extends Error {}
+class ApiError extends Error {
+  constructor(message, status = 0) {
+    super(message);
+    this.status = status;
+  }
+}
 
 async function api(path, options) {
   let response;
@@ -55,7 +60,7 @@ async function api(path, options) {
     } catch {
       /* not JSON: keep the status text */
     }
-    throw new ApiError(detail);
+    throw new ApiError(detail, response.status);
   }
   return response;
 }
@@ -723,8 +728,18 @@ function manifold(name) {
       const ctx = canvas.getContext("2d");
       const chunks = [];
       for (let i = 0; i < cells.length; i += MANIFOLD_CHUNK) chunks.push(cells.slice(i, i + MANIFOLD_CHUNK));
-      await Promise.all(chunks.map(async (chunk) => {
-        const blob = await decodePng(name, chunk.map((cell) => cell.z));
+      // One /decode?format=png grid per chunk (ceil(sqrt(n)) columns, 2 px gaps): each cell is
+      // copied to its place. A server with a smaller VAE_MAX_BATCH answers 422: halve and retry.
+      const decodeCells = async (chunk) => {
+        let blob;
+        try {
+          blob = await decodePng(name, chunk.map((cell) => cell.z));
+        } catch (err) {
+          if (err.status !== 422 || chunk.length === 1) throw err;
+          const half = Math.ceil(chunk.length / 2);
+          await Promise.all([decodeCells(chunk.slice(0, half)), decodeCells(chunk.slice(half))]);
+          return;
+        }
         const grid = await createImageBitmap(blob);
         const cols = Math.ceil(Math.sqrt(chunk.length));
         chunk.forEach((cell, j) => {
@@ -732,7 +747,8 @@ function manifold(name) {
           const sy = Math.floor(j / cols) * (size + 2);
           ctx.drawImage(grid, sx, sy, size, size, cell.c * size, cell.r * size, size, size);
         });
-      }));
+      };
+      await Promise.all(chunks.map(decodeCells));
       return { canvas, zx: axis, zy: axis };
     })();
     build.catch(() => state.manifolds.delete(name));
