@@ -598,6 +598,7 @@ async function pumpProbe() {
         state.probeImage = URL.createObjectURL(blob);
         const img = $("probe-img");
         img.src = state.probeImage;
+        $("probe-mini").src = state.probeImage; // over the map where the panel is off-screen
         img.dataset.z = JSON.stringify(want.z);
         img.dataset.model = want.model;
         img.alt = `${want.model} decoded at z = ${fmtVec(want.z)}`;
