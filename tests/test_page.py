@@ -412,8 +412,7 @@ def test_map_hover_drag_click_and_keys_decode(session, api, shots) -> None:
         " return img.complete && img.dataset.z !== JSON.stringify(z); }",
         first_z,
     )
-    page.wait_for_timeout(300)  # let the last decode of the drag land
-    session.wait("document.getElementById('probe-img').complete")
+    session.wait("explorer.probeIdle() && document.getElementById('probe-img').complete")
     last_z = json.loads(page.get_attribute("#probe-img", "data-z"))
     assert last_z[0] > first_z[0] and last_z[1] < first_z[1]  # right and down on the map
     assert session.image_pixels("#probe-img") != first, "the decoded image did not change"

@@ -1214,5 +1214,12 @@ async function start() {
   document.body.dataset.ready = "true";
 }
 
-window.explorer = { state, normPpf, normCdf, manifoldAxis, maps: () => allMaps() };
+window.explorer = {
+  state,
+  normPpf,
+  normCdf,
+  manifoldAxis,
+  maps: () => allMaps(),
+  probeIdle: () => !probeBusy && !probeWanted,
+};
 start();
