@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import warnings
 from typing import Literal
 
@@ -33,6 +34,9 @@ WORK_SIZE = 512
 MIN_CONTRAST = 0.1
 # Ink below this fraction of the contrast is treated as background noise (paper grain, JPEG).
 NOISE_FLOOR = 0.05
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+_PATH = re.compile(r"(?:/[\w.\-]+){2,}")
 
 # Pillow only *warns* between MAX_IMAGE_PIXELS and twice that; we check the size ourselves
 # before decoding, and make the warning an error too, so a bomb is never decoded silently.
@@ -63,6 +67,13 @@ class ImageTooLargeError(ImageInputError):
 
 class NoDigitError(ImageInputError):
     """A blank image: nothing stands out from the background."""
+
+
+def _describe(exc: BaseException) -> str:
+    """A decoder's error for a client: no object addresses or file paths (they say nothing
+    about the upload and something about the server), and not too long."""
+    text = _ADDRESS.sub("", f"{type(exc).__name__}: {exc}")
+    return _PATH.sub("<path>", text)[:200]
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -121,12 +132,36 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
         # Truncated or corrupt files raise OSError mostly, but also SyntaxError, ValueError,
         # EOFError, struct.error, IndexError... depending on the plugin: all mean "corrupt".
         raise CorruptImageError(
-            f"cannot decode the {fmt} image (corrupt or truncated): {type(exc).__name__}: {exc}"
+            f"cannot decode the {fmt} image (corrupt or truncated): {_describe(exc)}"
         ) from None
     # A broken EXIF block only loses the orientation, not the picture.
     with contextlib.suppress(Exception):
         image = ImageOps.exif_transpose(image)
     return image
+
+
+def shrink_for_work(image: Image.Image) -> Image.Image:
+    """Reduce a big image by an integer factor in its own 8-bit mode, before any float work.
+
+    A 200 KB PNG can hold 40 MP of RGBA: as float32 that is 640 MB per copy, and
+    `to_grayscale` makes several (1.4 GB and 4 s measured per request). Averaging blocks here
+    keeps at least WORK_SIZE pixels on the long side, which `mnist_normalize` reduces to
+    WORK_SIZE anyway, so the digit comes out the same. RGBA/LA are reduced premultiplied
+    (Pillow's reduce does that), and compositing is linear, so transparency is kept right.
+    Palette images go through RGB(A) (averaging palette indices would be nonsense); 16-bit
+    modes are left alone (2 bytes per pixel, and their scale must be kept).
+    """
+    factor = max(image.size) // WORK_SIZE
+    if factor < 2:
+        return image
+    if image.mode in ("P", "PA"):
+        transparent = image.mode == "PA" or "transparency" in image.info
+        image = image.convert("RGBA" if transparent else "RGB")
+    elif image.mode == "1":
+        image = image.convert("L")
+    if image.mode not in ("L", "LA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "F"):
+        return image
+    return image.reduce(factor)
 
 
 def _alpha_composite_gray(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -267,7 +302,7 @@ def preprocess_image(
     image: Image.Image, mode: PreprocessMode = "auto", size: int = MNIST_SIZE
 ) -> np.ndarray:
     """A Pillow image -> (size, size) float32 in [0, 1], light digit on dark."""
-    gray = to_grayscale(image)
+    gray = to_grayscale(shrink_for_work(image))
     if mode == "none":
         return plain_resize(gray, size)
     if mode == "auto":
