@@ -11,15 +11,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import __version__
 from service.config import Settings
 from service.metrics import Metrics
-from service.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from service.middleware import (
+    BodySizeLimitMiddleware,
+    ConcurrencyLimitMiddleware,
+    RequestContextMiddleware,
+)
 from service.models import ModelLoadError, ModelRegistry
 from service.routes import STATIC_DIR, build_router
 
@@ -44,6 +50,31 @@ async def validation_error_handler(request: Request, exc: RequestValidationError
         for e in exc.errors()
     ]
     return JSONResponse({"detail": errors}, status_code=422)
+
+
+# FastAPI's answer when the JSON parser itself fails (not a JSONDecodeError): nesting deeper
+# than the recursion limit, an integer of more than 4300 digits, bytes that are not UTF-8.
+_BODY_PARSE_ERROR = "There was an error parsing the body"
+
+
+async def http_error_handler(request: Request, exc: StarletteHTTPException) -> Response:
+    """FastAPI's own handler, except that an unparseable JSON body is a 422 naming the body
+    (like any other invalid JSON) rather than a bare 400."""
+    if exc.status_code == 400 and exc.detail == _BODY_PARSE_ERROR:
+        return JSONResponse(
+            {
+                "detail": [
+                    {
+                        "type": "json_invalid",
+                        "loc": ["body"],
+                        "msg": "the body is not JSON this service can read (not UTF-8, "
+                        "nested too deeply, or a number with too many digits)",
+                    }
+                ]
+            },
+            status_code=422,
+        )
+    return await http_exception_handler(request, exc)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -87,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = None
     app.state.ready = False
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
     router = build_router(settings)
     app.include_router(router)
     # The latent-space explorer's assets (index.html at "/" refers to static/...). check_dir
@@ -94,7 +126,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
 
     # add_middleware wraps: the last added is the outermost.
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_upload_bytes,
+        timeout=settings.body_timeout,
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -103,5 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["X-Request-ID", "X-Model", "X-Note"],
         )
+    # Inside the request context, so that 503s carry a request id and are logged and counted.
+    app.add_middleware(ConcurrencyLimitMiddleware, limit=settings.max_concurrency)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, access_log=settings.access_log)
     return app

@@ -29,6 +29,29 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(
         0, ge=0, description="onnxruntime threads per inference (0 = onnxruntime's choice)"
     )
+    max_concurrency: int = Field(
+        64,
+        ge=1,
+        description="most requests in progress at once; more get a fast 503 with Retry-After "
+        "(/healthz, /readyz and /metrics are exempt)",
+    )
+    max_header_bytes: int = Field(
+        32 * 1024,
+        ge=1024,
+        description="largest request line plus headers in bytes; larger is a 431 and the "
+        "connection is closed",
+    )
+    body_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="seconds a request body may take to arrive in full; slower is a 408",
+    )
+    graceful_timeout: int = Field(
+        20,
+        ge=1,
+        description="seconds SIGTERM waits for requests in progress to finish before "
+        "cutting them off (then the process exits)",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="origins allowed by CORS, comma-separated or JSON list (empty = CORS off)",

@@ -67,7 +67,9 @@ def _has_no_body(request: Request) -> bool:
 
 async def _form(request: Request, max_files: int, field: str):
     try:
-        return await request.form(max_files=max_files, max_fields=16)
+        # Images come as file parts (bounded by VAE_MAX_UPLOAD_BYTES); text fields are never
+        # used, so a few small ones are plenty.
+        return await request.form(max_files=max_files, max_fields=16, max_part_size=4096)
     except StarletteHTTPException as exc:  # Starlette's, which FastAPI's subclasses
         if exc.status_code == 400 and str(exc.detail).startswith("Too many files"):
             raise validation_error(

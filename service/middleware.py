@@ -5,6 +5,7 @@ Pure ASGI (not BaseHTTPMiddleware) so bodies stream through untouched and nothin
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -29,20 +30,39 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 UNMATCHED_ROUTE = "<unmatched>"
 
 
+# Probes and metrics: never refused for load, never counted in it.
+EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# "Connection: close" on refusals of a body: uvicorn then drops the connection instead of
+# reading (and discarding) the rest of a 1 GB upload.
+_CLOSE = {"Connection": "close"}
+
+
 class BodyTooLarge(HTTPException):
     """Raised from `receive` when the streamed body passes the limit; handled as a 413."""
 
     def __init__(self, limit: int):
-        super().__init__(413, f"request body is over the limit of {limit} bytes")
+        super().__init__(413, f"request body is over the limit of {limit} bytes", _CLOSE)
+
+
+class BodyTimeout(HTTPException):
+    """Raised from `receive` when the body is still incomplete at the deadline: a 408."""
+
+    def __init__(self, seconds: float):
+        super().__init__(
+            408, f"request body did not arrive in full within {seconds:g} seconds", _CLOSE
+        )
 
 
 class BodySizeLimitMiddleware:
     """413 for bodies over `max_bytes`, without reading them into memory: a Content-Length over
-    the limit is refused before the app runs; otherwise bytes are counted as they stream in."""
+    the limit is refused before the app runs; otherwise bytes are counted as they stream in.
+    408 for a body still incomplete `timeout` seconds after the request began (a client
+    trickling bytes would otherwise hold a place in VAE_MAX_CONCURRENCY for ever)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float | None = None):
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -60,14 +80,25 @@ class BodySizeLimitMiddleware:
             return
         received = 0
         started = False
+        body_done = False
+        loop = asyncio.get_running_loop()
+        deadline = None if self.timeout is None else loop.time() + self.timeout
 
         async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done or deadline is None:
+                message = await receive()
+            else:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        message = await receive()
+                except TimeoutError:
+                    raise BodyTimeout(self.timeout or 0) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise BodyTooLarge(self.max_bytes)
+                body_done = not message.get("more_body", False)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -78,12 +109,55 @@ class BodySizeLimitMiddleware:
 
         try:
             await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLarge as error:
+        except (BodyTooLarge, BodyTimeout) as error:
             # Normally FastAPI's handler has already answered; this covers reads outside it.
             if started:
                 raise
-            response = JSONResponse({"detail": error.detail}, status_code=413)
+            response = JSONResponse(
+                {"detail": error.detail}, status_code=error.status_code, headers=_CLOSE
+            )
             await response(scope, receive, send)
+
+
+class ConcurrencyLimitMiddleware:
+    """At most `limit` requests in progress in this process; the next ones get a 503 with
+    Retry-After at once instead of waiting in an unbounded queue (every waiting request holds
+    its body in memory and only gets slower). Probes and /metrics are exempt, so that an
+    orchestrator never restarts a pod for being busy. One event loop: a plain counter."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        limit: int,
+        retry_after: int = 1,
+        exempt: frozenset[str] = EXEMPT_PATHS,
+    ):
+        self.app = app
+        self.limit = limit
+        self.retry_after = retry_after
+        self.exempt = exempt
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            response = JSONResponse(
+                {
+                    "detail": f"server busy: {self.limit} requests in progress "
+                    f"(VAE_MAX_CONCURRENCY); retry after {self.retry_after} s"
+                },
+                status_code=503,
+                headers={"Retry-After": str(self.retry_after)},
+            )
+            await response(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
 
 def _route_template(scope: Scope, routes: Sequence[BaseRoute]) -> str:

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # Latent values: strict (no "NaN"/"inf" strings, no booleans), finite, bounded.
 Z_LIMIT = 1e4
+MAX_LIST = 4096
 LatentValue = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-Z_LIMIT, le=Z_LIMIT)]
 
 
@@ -50,8 +51,11 @@ class DecodeRequest(BaseModel):
         extra="forbid",
         json_schema_extra={"examples": [{"z": [[0.0, 0.0], [1.5, -0.5]]}]},
     )
-    z: list[list[LatentValue]] = Field(
+    # Hard caps (VAE_MAX_BATCH is at most 4096) bound the validation work on a hostile body
+    # before the route applies the configured limit and the model's z_dim.
+    z: list[Annotated[list[LatentValue], Field(max_length=MAX_LIST)]] = Field(
         min_length=1,
+        max_length=MAX_LIST,
         description="1..VAE_MAX_BATCH latent vectors, each of the model's z_dim finite numbers "
         f"with |value| <= {Z_LIMIT:g}",
     )
