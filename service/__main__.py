@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from service.config import Settings
@@ -32,6 +33,18 @@ def _logging_config(level: str) -> dict:
     }
 
 
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _http_protocol() -> type | str:
+    try:
+        from service.protocol import HeadLimitedHttpToolsProtocol
+    except ImportError:  # uvicorn without httptools: h11, with its own head limit
+        return "h11"
+    return HeadLimitedHttpToolsProtocol
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     parser = argparse.ArgumentParser(
@@ -51,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
+    # SIGTERM: uvicorn stops accepting, lets requests in progress finish (at most
+    # VAE_GRACEFUL_TIMEOUT seconds), runs the lifespan shutdown, then re-raises the signal it
+    # caught; this handler turns that re-raise into a clean exit 0 instead of death by signal.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         "service.app:create_app",
         factory=True,
@@ -60,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         log_level=settings.log_level,
         access_log=False,  # ours (service.access) has the request id and the route
         server_header=False,
+        timeout_graceful_shutdown=settings.graceful_timeout,
+        # httptools has no limit on a request's head: service.protocol adds one, read from
+        # this same setting, which is also h11's own limit if h11 is chosen.
+        http=_http_protocol(),
+        h11_max_incomplete_event_size=settings.max_header_bytes,
     )
     return 0
 
