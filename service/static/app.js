@@ -120,7 +120,11 @@ function fullZ(name, xy) {
   return z;
 }
 
-const fmt = (v, digits = 2) => (Math.abs(v) < 0.005 ? 0 : v).toFixed(digits);
+// Fixed decimals, never "-0.00".
+const fmt = (v, digits = 2) => {
+  const text = v.toFixed(digits);
+  return /^-0(\.0*)?$/.test(text) ? text.slice(1) : text;
+};
 const fmtVec = (v, digits = 2) => `(${v.map((x) => fmt(x, digits)).join(", ")})`;
 
 // ------------------------------------------------------- normal distribution
