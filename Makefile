@@ -10,13 +10,15 @@ PORT ?= 8000
 TRAIN_VAE := $(BIN)/vae-train --kind vae --epochs 200 --seed 0 --out runs/vae
 TRAIN_AE := $(BIN)/vae-train --kind ae --epochs 200 --seed 0 --out runs/ae
 
-.PHONY: help serve test lint train export evaluate bench soak container-test clean
+.PHONY: help serve test lint train export evaluate bench soak audit container-test clean
 
 help:
 	@echo "make serve   - set up and serve models/ on http://$(HOST):$(PORT)"
 	@echo "make test    - set up, lint and run the test suite"
 	@echo "make train   - retrain and export the shipped models (long: see models/README.md)"
 	@echo "make bench   - run the benchmarks (see BENCHMARKS.md)"
+	@echo "make soak    - mixed good and bad traffic for SOAK_SECONDS (180) at concurrency 32"
+	@echo "make audit   - pip-audit of the installed dependencies (see RELIABILITY.md)"
 	@echo "make container-test - build the Docker image with buildah and test it (root)"
 	@echo "make lint    - ruff check"
 
@@ -51,6 +53,15 @@ train: $(VENV)/.dev-installed
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/run_all.py
+
+# Not part of `make test`: a real server under minutes of traffic (RELIABILITY.md).
+SOAK_SECONDS ?= 180
+soak: $(VENV)/.dev-installed
+	$(BIN)/python scripts/soak.py --seconds $(SOAK_SECONDS)
+
+# Fails on known vulnerabilities; tolerates only an unreachable vulnerability database.
+audit: $(VENV)/.dev-installed
+	$(BIN)/python scripts/audit.py
 
 # Builds the Dockerfile with buildah (no Docker engine needed; root) and runs the image: see
 # scripts/container_test.sh. The venv is only for tiny test models while models/ has none.
