@@ -133,6 +133,7 @@ async def drive(base: str, seconds: float, concurrency: int) -> dict:
     by_kind: Counter = Counter()
     transport_errors: Counter = Counter()
     latencies: list[float] = []
+    error_samples: list[str] = []
     stop_at = time.monotonic() + seconds
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
@@ -148,6 +149,8 @@ async def drive(base: str, seconds: float, concurrency: int) -> dict:
                     r = await client.request(method, path, **kwargs)
                 except httpx.TransportError as exc:
                     transport_errors[type(exc).__name__] += 1
+                    if len(error_samples) < 10:
+                        error_samples.append(f"{method} {path[:60]}: {exc!r}"[:300])
                     continue
                 latencies.append(time.perf_counter() - started)
                 statuses[r.status_code] += 1
@@ -163,6 +166,7 @@ async def drive(base: str, seconds: float, concurrency: int) -> dict:
         "bad_4xx": by_kind[("bad", 4)],
         "server_errors_5xx": sum(v for k, v in statuses.items() if k >= 500),
         "transport_errors": dict(transport_errors),
+        "transport_error_samples": error_samples,
         "latency_ms": {
             "p50": round(float(np.percentile(lat, 50)) * 1000, 1),
             "p90": round(float(np.percentile(lat, 90)) * 1000, 1),
@@ -239,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
                         server.kill()
                         server.wait(timeout=10)
         report["server_exit_status"] = server.returncode
-        if "Traceback" in log_path.read_text(errors="replace"):
+        server_log = log_path.read_text(errors="replace")
+        report["server_log_tail"] = server_log.splitlines()[-10:]
+        if "Traceback" in server_log:
             report["server_log_tracebacks"] = True
 
     text = json.dumps(report, indent=2)
