@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import signal
 import sys
 
@@ -37,6 +39,10 @@ def _exit_cleanly(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
 def _http_protocol() -> type | str:
     try:
         from service.protocol import HeadLimitedHttpToolsProtocol
@@ -64,15 +70,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    # SIGTERM: uvicorn stops accepting, lets requests in progress finish (at most
-    # VAE_GRACEFUL_TIMEOUT seconds), runs the lifespan shutdown, then re-raises the signal it
-    # caught; this handler turns that re-raise into a clean exit 0 instead of death by signal.
-    signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.run(
-        "service.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
+    from service import workers as supervisor
+
+    # One process per CPU, one onnxruntime thread each, unless set (bench/, BENCHMARKS.md):
+    # the models are small, so requests side by side beat one request split over threads.
+    cpus = supervisor.available_cpus()
+    workers = settings.workers or cpus
+    threads = settings.intra_op_threads or max(1, cpus // workers)
+    os.environ["VAE_INTRA_OP_THREADS"] = str(threads)  # each worker's Settings() reads it
+    options: dict = dict(
         log_config=_logging_config(settings.log_level),
         log_level=settings.log_level,
         access_log=False,  # ours (service.access) has the request id and the route
@@ -82,6 +88,21 @@ def main(argv: list[str] | None = None) -> int:
         # this same setting, which is also h11's own limit if h11 is chosen.
         http=_http_protocol(),
         h11_max_incomplete_event_size=settings.max_header_bytes,
+        loop="uvloop" if _has("uvloop") else "asyncio",
+    )
+    if workers > 1:
+        return supervisor.serve(workers, args.host, args.port, options)
+    # SIGTERM: uvicorn stops accepting, lets requests in progress finish (at most
+    # VAE_GRACEFUL_TIMEOUT seconds), runs the lifespan shutdown, then re-raises the signal it
+    # caught; this handler turns that re-raise into a clean exit 0 instead of death by signal.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=1,
+        **options,
     )
     return 0
 

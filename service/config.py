@@ -26,8 +26,17 @@ class Settings(BaseSettings):
         10 * 1024 * 1024, ge=1024, description="largest request body in bytes"
     )
     max_pixels: int = Field(40_000_000, ge=1, description="largest uploaded image in pixels")
+    workers: int = Field(
+        0,
+        ge=0,
+        description="server processes, each with its own socket on the port (0 = one per CPU "
+        "this process may use: the GIL caps one process at about one core of Python work)",
+    )
     intra_op_threads: int = Field(
-        0, ge=0, description="onnxruntime threads per inference (0 = onnxruntime's choice)"
+        0,
+        ge=0,
+        description="onnxruntime threads per inference (0 = CPUs / workers, so 1 with the "
+        "default of one worker per CPU)",
     )
     max_concurrency: int = Field(
         64,

@@ -5,6 +5,8 @@ Each app has its own CollectorRegistry, so several apps (tests) never collide on
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -53,7 +55,10 @@ class Metrics:
             registry=self.registry,
         )
         self.models_loaded = Gauge(
-            "vae_models_loaded", "models loaded and warmed up", registry=self.registry
+            "vae_models_loaded",
+            "models loaded and warmed up",
+            registry=self.registry,
+            multiprocess_mode="max",  # several workers (service/workers.py): the same models
         )
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
@@ -67,4 +72,11 @@ class Metrics:
         self.batch_size.labels(model, graph).observe(batch)
 
     def render(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # Several worker processes (service/workers.py): every worker's values, summed.
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)

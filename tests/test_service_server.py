@@ -29,7 +29,9 @@ def start(model_dir: Path, port: int, log, **env: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
         cwd=REPO,
-        env={**os.environ, "VAE_MODEL_DIR": str(model_dir), **env},
+        # One process unless a test asks for more (VAE_WORKERS defaults to one per CPU): the
+        # tests read this PID's /proc (RSS, threads, open files). tests/test_workers.py: several.
+        env={**os.environ, "VAE_MODEL_DIR": str(model_dir), "VAE_WORKERS": "1", **env},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
