@@ -1,14 +1,18 @@
-"""The HTTP API. Inference handlers are plain `def`: FastAPI runs them in its thread pool and
-onnxruntime releases the GIL, so the event loop never blocks on a model. Probes are `async`
-and touch no model."""
+"""The HTTP API. Inference handlers run small requests (an MNIST-sized image, up to 16 images
+out) on the event loop, and bigger ones in the thread pool, where onnxruntime releases the GIL
+so the loop keeps serving: see `inline_if_small`. Probes are `async` and touch no model."""
 
+import functools
 import mimetypes
+import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+from starlette.concurrency import run_in_threadpool
 
 from service import imaging
 from service.config import Settings
@@ -97,6 +101,51 @@ PNG_RESPONSE = {
 }
 
 
+# Work small enough to run on the event loop: at most this many images decoded or encoded, and
+# this many pixels uploaded (PNG headers) or drawn out (images x (28 x scale)^2). For such a
+# request the thread-pool hand-off (anyio queue, thread wake-up, then waiting up to the GIL's
+# 5 ms switch interval to take the GIL back from the loop) cost more than the work: /encode
+# 1.6 -> 1.0 ms of CPU, /sample?n=16 5.3 -> 4.6 ms (bench/http_load.py, BENCHMARKS.md). With one
+# worker process per CPU (the default), running it inline costs no parallelism either.
+INLINE_MAX_IMAGES = 16
+INLINE_MAX_PIXELS = 16 * (4 * 28) ** 2  # 16 digits at scale 4, or one 448x448 upload
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def small_uploads(images: list[bytes]) -> bool:
+    """PNGs whose headers say they are few and small: cheap to decode and prepare. Any other
+    format, or a big PNG (which can hold 40 MP in 200 KB), goes to the thread pool."""
+    if len(images) > INLINE_MAX_IMAGES:
+        return False
+    pixels = 0
+    for data in images:
+        if len(data) < 24 or not data.startswith(PNG_MAGIC) or data[12:16] != b"IHDR":
+            return False
+        width, height = struct.unpack(">II", data[16:24])
+        pixels += width * height
+    return pixels <= INLINE_MAX_PIXELS
+
+
+def small_output(images: int, scale: int, size: int = 28) -> bool:
+    return images <= INLINE_MAX_IMAGES and images * (size * scale) ** 2 <= INLINE_MAX_PIXELS
+
+
+def inline_if_small(small: Callable[[dict[str, Any]], bool]) -> Callable:
+    """Decorate a plain `def` handler: FastAPI sees an `async` one (same signature) that calls
+    it on the event loop when `small(arguments)`, else in the thread pool."""
+
+    def decorate(handler: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(handler)
+        async def run(**kwargs: Any) -> Any:
+            if small(kwargs):
+                return handler(**kwargs)
+            return await run_in_threadpool(handler, **kwargs)
+
+        return run
+
+    return decorate
+
+
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody} for code in codes}
 
@@ -181,6 +230,7 @@ def build_router(settings: Settings) -> APIRouter:
         openapi_extra=ONE_IMAGE_BODY,
         responses=_errors(400, 404, 413, 415, 422),
     )
+    @inline_if_small(lambda kw: small_uploads([kw["data"]]))
     def encode(
         model: ModelDep, data: ImageUpload, preprocess: PreprocessQ = Preprocess.auto
     ) -> Encoding:
@@ -197,6 +247,7 @@ def build_router(settings: Settings) -> APIRouter:
         openapi_extra=MANY_IMAGES_BODY,
         responses=_errors(400, 404, 413, 415, 422),
     )
+    @inline_if_small(lambda kw: small_uploads(kw["data"]))
     def encode_batch(
         model: ModelDep, data: ImageUploads, preprocess: PreprocessQ = Preprocess.auto
     ) -> BatchEncoding:
@@ -213,6 +264,7 @@ def build_router(settings: Settings) -> APIRouter:
         "(|value| <= 1e4) -> one image each.",
         responses={200: PNG_RESPONSE, **_errors(404, 413, 422)},
     )
+    @inline_if_small(lambda kw: small_output(len(kw["body"].z), kw["scale"]))
     def decode(
         body: DecodeRequest,
         model: ModelDep,
@@ -237,6 +289,7 @@ def build_router(settings: Settings) -> APIRouter:
         summary="Decode random latent vectors",
         responses={200: PNG_RESPONSE, **_errors(404, 422)},
     )
+    @inline_if_small(lambda kw: small_output(kw["n"], kw["scale"]))
     def sample(
         model: ModelDep,
         n: Annotated[int, Query(ge=1, le=max_batch, description="how many images")] = 16,
@@ -262,6 +315,7 @@ def build_router(settings: Settings) -> APIRouter:
         openapi_extra=ONE_IMAGE_BODY,
         responses={200: PNG_RESPONSE, **_errors(400, 404, 413, 415, 422)},
     )
+    @inline_if_small(lambda kw: small_uploads([kw["data"]]) and small_output(1, kw["scale"]))
     def reconstruct(
         model: ModelDep,
         data: ImageUpload,
