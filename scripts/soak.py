@@ -8,7 +8,8 @@ else tiny untrained ones exported to a temporary folder: that needs torch, the `
 sends a fixed mix of good requests and bad ones (corrupt images, SVG, NaN, bad queries,
 decompression bombs, unknown routes) from `--concurrency` clients, and reports requests
 served, counts by status, latency percentiles, transport errors, and the server's RSS after
-warm-up and at the end. Exits 1 on any 5xx or transport error, or RSS growth over --max-growth-mb.
+warm-up and at the end (summed over the server's processes: VAE_WORKERS applies as when
+serving). Exits 1 on any 5xx or transport error, or RSS growth over --max-growth-mb.
 The server is stopped by its PID.
 """
 
@@ -48,6 +49,26 @@ def rss_kib(pid: int, field: str = "VmRSS") -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise KeyError(field)
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (VAE_WORKERS > 1: a supervisor and its worker processes)."""
+    pids, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        pids.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                queue.extend(int(child) for child in task.read_text().split())
+    return pids
+
+
+def tree_rss_kib(pid: int, field: str = "VmRSS") -> int:
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError, KeyError):
+            total += rss_kib(member, field)
+    return total
 
 
 def model_dir_or_tiny(requested: str | None, scratch: Path) -> Path:
@@ -217,11 +238,11 @@ def main(argv: list[str] | None = None) -> int:
                             break
                     time.sleep(0.2)
                 asyncio.run(drive(base, args.warmup, args.concurrency))
-                rss_start = rss_kib(server.pid)
+                rss_start = tree_rss_kib(server.pid)
                 started = time.monotonic()
                 report = asyncio.run(drive(base, args.seconds, args.concurrency))
                 elapsed = time.monotonic() - started
-                rss_end = rss_kib(server.pid)
+                rss_end = tree_rss_kib(server.pid)
                 report.update(
                     seconds=round(elapsed, 1),
                     concurrency=args.concurrency,
@@ -229,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                     rss_mb_start=round(rss_start / 1024, 1),
                     rss_mb_end=round(rss_end / 1024, 1),
                     rss_mb_growth=round((rss_end - rss_start) / 1024, 1),
-                    rss_mb_peak=round(rss_kib(server.pid, "VmHWM") / 1024, 1),
+                    rss_mb_peak=round(tree_rss_kib(server.pid, "VmHWM") / 1024, 1),
+                    server_processes=len(process_tree(server.pid)),
                     model_dir=str(model_dir),
                     cpus=os.cpu_count(),
                     load_average=[round(x, 2) for x in os.getloadavg()],
