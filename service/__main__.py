@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if workers > 1:
         return supervisor.serve(workers, args.host, args.port, options)
+    from service.models import limit_malloc_arenas
+
+    limit_malloc_arenas()
     # SIGTERM: uvicorn stops accepting, lets requests in progress finish (at most
     # VAE_GRACEFUL_TIMEOUT seconds), runs the lifespan shutdown, then re-raises the signal it
     # caught; this handler turns that re-raise into a clean exit 0 instead of death by signal.

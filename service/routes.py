@@ -9,10 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio
+import anyio.to_thread
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
-from starlette.concurrency import run_in_threadpool
 
 from service import imaging
 from service.config import Settings
@@ -130,16 +131,27 @@ def small_output(images: int, scale: int, size: int = 28) -> bool:
     return images <= INLINE_MAX_IMAGES and images * (size * scale) ** 2 <= INLINE_MAX_PIXELS
 
 
+# Big requests run at most this many at a time per worker process (the others wait their turn
+# in order): each worker has about one core, so more threads would only add peak memory (a
+# batch of 256 holds ~100 MB of activations while it runs) and GIL contention.
+OFFLOAD_THREADS = 2
+_offload_limiter: list[anyio.CapacityLimiter] = []
+
+
 def inline_if_small(small: Callable[[dict[str, Any]], bool]) -> Callable:
     """Decorate a plain `def` handler: FastAPI sees an `async` one (same signature) that calls
-    it on the event loop when `small(arguments)`, else in the thread pool."""
+    it on the event loop when `small(arguments)`, else in a worker thread (OFFLOAD_THREADS)."""
 
     def decorate(handler: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(handler)
         async def run(**kwargs: Any) -> Any:
             if small(kwargs):
                 return handler(**kwargs)
-            return await run_in_threadpool(handler, **kwargs)
+            if not _offload_limiter:
+                _offload_limiter.append(anyio.CapacityLimiter(OFFLOAD_THREADS))
+            return await anyio.to_thread.run_sync(
+                functools.partial(handler, **kwargs), limiter=_offload_limiter[0]
+            )
 
         return run
 

@@ -80,6 +80,9 @@ def _worker(host: str, port: int, options: dict[str, Any]) -> None:
     signal.signal(signal.SIGTERM, _exit_cleanly)
     os.setpgrp()  # a terminal's Ctrl-C reaches the supervisor only; it forwards it once
     _die_with_parent()
+    from service.models import limit_malloc_arenas
+
+    limit_malloc_arenas()
     import uvicorn
 
     sock = _socket(host, port)  # bound here; uvicorn listens once the models are loaded
