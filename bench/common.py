@@ -220,12 +220,27 @@ def cpu_seconds(pid: int) -> float:
     return total / CLK_TCK
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of `pid` and its descendants (MB, 10^6 bytes)."""
+def rss_mb(pid: int, tree: bool = True) -> float:
+    """Resident memory of `pid` and (`tree`) its descendants (MB, 10^6 bytes)."""
     total = 0
-    for p in process_tree(pid):
+    for p in process_tree(pid) if tree else [pid]:
         with contextlib.suppress(OSError, IndexError, ValueError):
             total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * PAGE
+    return total / 1e6
+
+
+def pss_mb(pid: int) -> float:
+    """Proportional set size of `pid` and its descendants (MB): shared pages (the libraries
+    every worker maps) counted once in all, unlike RSS. Falls back to RSS."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+        except OSError:
+            return rss_mb(pid)
     return total / 1e6
 
 
@@ -306,6 +321,9 @@ class Server:
 
     def rss_mb(self) -> float:
         return rss_mb(self.pid)
+
+    def pss_mb(self) -> float:
+        return pss_mb(self.pid)
 
     def get(self, path: str) -> bytes:
         with urllib.request.urlopen(self.url + path, timeout=10) as r:

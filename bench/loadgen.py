@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -48,7 +49,7 @@ wrk.method = "{method}"
 {ctype}
 """
 
-# Several requests in rotation, each connection stopping after `limit` responses in all.
+# Several requests in rotation; the (single) wrk thread stops after `limit` responses in all.
 LUA_MIX = r"""
 local reqs = {{}}
 {requests}
@@ -61,7 +62,13 @@ request = function()
 end
 response = function(status, headers, body)
   seen = seen + 1
-  if limit > 0 and seen >= limit then wrk.thread:stop() end
+  if limit > 0 and seen == limit then
+    -- wrk itself runs until -d: tell Python, which interrupts it (wrk then reports as usual)
+    local f = io.open({marker}, "w")
+    f:write("done")
+    f:close()
+    wrk.thread:stop()
+  end
 end
 """
 
@@ -142,18 +149,18 @@ def run_wrk(
     duration: float,
     server_pid: int | None = None,
     name: str = "",
-    limit_per_connection: int = 0,
+    max_responses: int = 0,
     threads: int = 1,
     timeout_s: float = 10.0,
 ) -> LoadResult:
     """Drive `requests` (one, or several in rotation) at `concurrency` connections for
-    `duration` seconds (or until each connection has had `limit_per_connection` responses)."""
+    `duration` seconds, or until `max_responses` responses (then with one wrk thread)."""
     if not wrk_available():
         raise RuntimeError("wrk not found: apt-get install wrk (see BENCHMARKS.md)")
-    threads = max(1, min(threads, concurrency))
+    threads = 1 if max_responses else max(1, min(threads, concurrency))
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmpdir:
         tmp = Path(tmpdir)
-        if len(requests) == 1 and not limit_per_connection:
+        if len(requests) == 1 and not max_responses:
             req = requests[0]
             body_expr, ctype = _lua_body(req, tmp, "0")
             script = LUA_SINGLE.format(
@@ -171,7 +178,11 @@ def run_wrk(
                     f"reqs[{i + 1}] = wrk.format({_lua_string(req.method)}, "
                     f"{_lua_string(req.path)}, {headers}, {body_expr})"
                 )
-            script = LUA_MIX.format(requests="\n".join(lines), limit=limit_per_connection)
+            script = LUA_MIX.format(
+                requests="\n".join(lines),
+                limit=max_responses,
+                marker=_lua_string(str(tmp / "done")),
+            )
             path = "/"
         script_path = tmp / "script.lua"
         script_path.write_text(LUA_COMMON + script)
@@ -188,7 +199,16 @@ def run_wrk(
         server_before = cpu_seconds(server_pid) if server_pid else 0.0
         start = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        _, status, rusage = os.wait4(proc.pid, 0)
+        waited = (0, 0, None)
+        if max_responses:
+            while not (tmp / "done").exists():
+                waited = os.wait4(proc.pid, os.WNOHANG)
+                if waited[0]:
+                    break
+                time.sleep(0.02)
+            if not waited[0]:
+                os.kill(proc.pid, signal.SIGINT)
+        _, status, rusage = waited if waited[0] else os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
         stdout = proc.stdout.read().decode() if proc.stdout else ""
