@@ -316,11 +316,15 @@ def imaging_open(data: bytes):
 def run(seconds: float = 1.0, out_dir: Path | None = None, name: str = "compute") -> dict:
     from service.config import Settings
     from service.models import load_model
+    from service.workers import layout
 
     quiet = warn_if_busy()
     folder_root, models_note = model_dir()
     folder = folder_root / "vae"
     settings = Settings(model_dir=folder_root)
+    # The sessions a served worker gets: the layout `python -m service` picks.
+    workers, threads = layout(settings.workers, settings.intra_op_threads)
+    settings = Settings(model_dir=folder_root, intra_op_threads=threads)
     flops_graph = {g: count(folder / f"{g}.onnx") for g in ("encoder", "decoder")}
     flops = {g: c["flops_per_image"] for g, c in flops_graph.items()}
     print("FLOPs per image:", {g: f"{v / 1e6:.2f} M" for g, v in flops.items()})
@@ -342,6 +346,7 @@ def run(seconds: float = 1.0, out_dir: Path | None = None, name: str = "compute"
         "quiet_machine": quiet,
         "models": models_note,
         "service_session": {
+            "workers": workers,
             "intra_op_threads": settings.intra_op_threads,
             **session_description(model),
         },

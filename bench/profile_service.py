@@ -85,12 +85,18 @@ def read_collapsed(path: Path) -> dict[str, int]:
 
 
 def profile_case(
-    name: str, seconds: float, concurrency: int, env: dict[str, str] | None, rate: int
+    name: str,
+    seconds: float,
+    concurrency: int,
+    env: dict[str, str] | None,
+    rate: int,
+    out_dir: Path | None = None,
 ) -> dict:
     models, _ = model_dir()
     request = cases()[name]
-    out_txt = RESULTS / f"profile_{name}.txt"
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    out_dir = out_dir or RESULTS
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out_txt = out_dir / f"profile_{name}.txt"
     logs = CACHE / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with service_server(models, env=env, log=logs / "profile.log") as server:
@@ -147,7 +153,7 @@ def profile_case(
         "errors": result.error_count,
         "samples": total,
         "parts": split,
-        "stacks_file": str(out_txt.relative_to(RESULTS.parent.parent)),
+        "stacks_file": out_txt.name,
     }
 
 
@@ -161,7 +167,7 @@ def run(
 ) -> dict:
     quiet = warn_if_busy()
     names = only or ["encode", "sample_png"]
-    profiles = [profile_case(n, seconds, concurrency, env, rate) for n in names]
+    profiles = [profile_case(n, seconds, concurrency, env, rate, out_dir) for n in names]
     data = {
         "quiet_machine": quiet,
         "server_env": env or {},

@@ -74,9 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # One process per CPU, one onnxruntime thread each, unless set (bench/, BENCHMARKS.md):
     # the models are small, so requests side by side beat one request split over threads.
-    cpus = supervisor.available_cpus()
-    workers = settings.workers or cpus
-    threads = settings.intra_op_threads or max(1, cpus // workers)
+    workers, threads = supervisor.layout(settings.workers, settings.intra_op_threads)
     os.environ["VAE_INTRA_OP_THREADS"] = str(threads)  # each worker's Settings() reads it
     options: dict = dict(
         log_config=_logging_config(settings.log_level),

@@ -55,6 +55,14 @@ def available_cpus() -> int:
     return max(1, cpus)
 
 
+def layout(workers: int = 0, intra_op_threads: int = 0) -> tuple[int, int]:
+    """(worker processes, onnxruntime threads per inference) for the settings VAE_WORKERS and
+    VAE_INTRA_OP_THREADS, 0 meaning automatic: one worker per CPU, CPUs / workers threads."""
+    cpus = available_cpus()
+    workers = workers or cpus
+    return workers, intra_op_threads or max(1, cpus // workers)
+
+
 def _socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -1,0 +1,67 @@
+"""The benchmark scripts run and report (bench/): a smoke run with tiny durations.
+
+Nothing here asserts a speed: `make bench` measures, on a quiet machine (BENCHMARKS.md). These
+tests prove the scripts work: FLOPs counted from a graph agree with the architecture, and a
+quick `run_all` drives real servers with wrk without a single error and renders its tables.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench import flops, run_all  # noqa: E402
+
+
+def test_flops_from_the_graph_match_the_architecture(model_dir: Path) -> None:
+    import json
+
+    from training.config import TrainConfig
+
+    for kind in ("vae", "ae"):
+        metadata = json.loads((model_dir / kind / "metadata.json").read_text())
+        config = TrainConfig.from_dict(metadata["training"]["config"])
+        counted = {g: flops.count(model_dir / kind / f"{g}.onnx") for g in ("encoder", "decoder")}
+        assert {g: c["macs_per_image"] for g, c in counted.items()} == flops.analytic(config.model)
+        for c in counted.values():
+            assert c["flops_per_image"] == 2 * c["macs_per_image"] > 0
+
+
+def test_the_book_models_are_about_7_5_million_multiply_adds_each() -> None:
+    macs = flops.analytic()
+    assert macs == {"encoder": 7_463_680, "decoder": 7_457_408}
+
+
+def _py_spy() -> str | None:
+    return shutil.which("py-spy") or (
+        str(Path(sys.executable).parent / "py-spy")
+        if (Path(sys.executable).parent / "py-spy").exists()
+        else None
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)"
+)
+@pytest.mark.skipif(_py_spy() is None, reason="py-spy is not installed (pip install py-spy)")
+def test_a_quick_run_of_every_benchmark_has_no_errors(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    data = run_all.run(quick=True, out_dir=tmp_path, before=None, training=False)
+    summary = data["summary"]
+    assert summary["errors"] == 0
+    for name in ("compute", "http", "profile", "memory", "summary"):
+        assert (tmp_path / f"{name}.json").is_file(), name
+    http = data["results"]["http"]
+    assert {r["name"] for r in http["results"]} >= {"healthz", "encode", "baseline_sample_png"}
+    assert all(r["rps"] > 0 for r in http["results"])
+    assert len(summary["targets"]) == 5
+    text = run_all.markdown(data, "pytest")
+    assert "### Targets" in text and "/encode" in text and "| graph | batch |" in text
