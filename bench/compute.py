@@ -304,6 +304,52 @@ def pipelines(model, settings, seconds: float) -> dict:
     return out
 
 
+def png_choices(model, seconds: float) -> dict:
+    """The PNG encoder's options on /sample?n=16's grid (118x118) and one 28x28 digit: zlib
+    levels 0, 1, 6, 9 (ours) and Pillow (what the service used before), time and bytes; and
+    json.dumps of a /sample?format=json body (what orjson could shave)."""
+    import base64
+    import io
+    from unittest import mock
+
+    from PIL import Image
+
+    from service import imaging
+    from service.schemas import ImagesResponse
+
+    rng = np.random.default_rng(0)
+    decoded = model.decode_batch(rng.standard_normal((16, model.z_dim)).astype(np.float32))
+    digits = imaging.to_uint8(model.to_unit_pixels(decoded))
+    pictures = {"grid16": imaging.grid(digits), "digit": digits[0, 0]}
+    out: dict = {}
+    for name, picture in pictures.items():
+        for level in (0, 1, 6, 9):
+            with mock.patch.object(imaging, "PNG_COMPRESS_LEVEL", level):
+                data = imaging.png_bytes(picture)
+                stats = summary(time_calls(lambda p=picture: imaging.png_bytes(p), seconds))
+            out[f"{name}.zlib{level}"] = {"bytes": len(data), **stats}
+
+        def pillow(p=picture) -> bytes:
+            buffer = io.BytesIO()
+            Image.fromarray(p).save(buffer, "PNG", compress_level=1)
+            return buffer.getvalue()
+
+        out[f"{name}.pillow1"] = {
+            "bytes": len(pillow()),
+            **summary(time_calls(pillow, seconds)),
+        }
+    body = ImagesResponse(
+        model=model.name,
+        images=[base64.b64encode(imaging.png_bytes(d[0])).decode() for d in digits],
+        z=rng.standard_normal((16, model.z_dim)).tolist(),
+    ).model_dump()
+    out["sample_json.json_dumps"] = summary(time_calls(lambda: json.dumps(body).encode(), seconds))
+    for name, row in out.items():
+        size = f"{row['bytes']:6d} B" if "bytes" in row else " " * 8
+        print(f"  {name:<40} {size}  p50 {row['p50_ms']:8.4f} ms")
+    return out
+
+
 def imaging_open(data: bytes):
     from service.preprocessing import open_image
 
@@ -341,6 +387,8 @@ def run(seconds: float = 1.0, out_dir: Path | None = None, name: str = "compute"
     cores = all_cores(folder, flops, seconds)
     print("the service's per-request work, in process (one thread):")
     steps = pipelines(model, settings, seconds)
+    print("PNG encoding choices and JSON:")
+    png = png_choices(model, seconds)
 
     data = {
         "quiet_machine": quiet,
@@ -356,6 +404,7 @@ def run(seconds: float = 1.0, out_dir: Path | None = None, name: str = "compute"
         "ort_service_sessions": sweep,
         "ort_all_cores": cores,
         "pipelines": steps,
+        "png_and_json": png,
     }
     write_result(name, data, out_dir)
     return data

@@ -293,6 +293,16 @@ def markdown(run_data: dict, command: str) -> str:
         "the handlers call):\n\n" + _table(["step", "p50 ms", "mean ms"], rows)
     )
 
+    rows = [
+        [k, f"{v['bytes']:,}" if "bytes" in v else "", f"{1000 * v['p50_ms']:.1f}"]
+        for k, v in c["png_and_json"].items()
+    ]
+    parts.append(
+        "PNG encoding (service/imaging.py writes the PNG with zlib; Pillow at level 1 is what "
+        "the service used before) and JSON, on /sample?n=16's grid and one digit:\n\n"
+        + _table(["what", "bytes", "p50 us"], rows)
+    )
+
     # HTTP
     rows = []
     for x in h["results"]:
