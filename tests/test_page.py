@@ -331,6 +331,7 @@ def test_page_loads_fast_and_draws_the_map(session, shots) -> None:
     )
     if points:
         assert drawn > 50, "no coloured points on the map"
+    assert session.js("document.documentElement.scrollWidth <= window.innerWidth")
     screenshot(page, shots, "01-load")
 
 
@@ -382,6 +383,7 @@ def test_drawing_shows_input_reconstruction_and_latent_point(session, api, shots
     )
     if ring["inside"]:
         assert max(ring["px"][:3]) < 80, f"no marker ring at mu: {ring}"
+    assert session.js("document.documentElement.scrollWidth <= window.innerWidth")
     screenshot(page, shots, "02-drawn")
 
 
@@ -559,6 +561,7 @@ def test_vae_and_ae_side_by_side(session, shots) -> None:
     # hovering the AE map decodes with the AE
     page.mouse.move(*session.map_point("#map-b", 0.4, 0.6))
     session.wait("(m) => document.getElementById('probe-img').dataset.model === m", models[1])
+    assert session.js("document.documentElement.scrollWidth <= window.innerWidth")
     screenshot(page, shots, "06-vae-vs-ae")
 
 

@@ -621,7 +621,10 @@ function showProbeText(model, z) {
   const el = $("probe-z");
   const name = document.createElement("strong");
   name.textContent = modelLabel(model);
-  el.replaceChildren(name, document.createElement("br"), `z = ${fmtVec(z)}`);
+  const vector = document.createElement("span");
+  vector.className = "nowrap";
+  vector.textContent = `z = ${fmtVec(z)}`;
+  el.replaceChildren(name, document.createElement("br"), vector);
 }
 
 let pinCounter = 0;
@@ -817,8 +820,9 @@ async function showCompare() {
   const pair = comparePair();
   if (!pair) return;
   const notes = {
-    vae: "the KL term pulls codes toward N(0, I): dense, centred, no gaps",
-    ae: "no prior: codes spread lopsidedly, at any scale, with gaps between digits",
+    vae: "the KL term pulls the codes toward N(0, I): centred, unit scale, few gaps",
+    ae: "no prior: nothing ties the codes to N(0, I); their place, scale and gaps are " +
+      "whatever training left",
   };
   const ids = [["map-a", "cmp-a-name", "cmp-a-note"], ["map-b", "cmp-b-name", "cmp-b-note"]];
   await Promise.all(pair.map(async (name, i) => {
