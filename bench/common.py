@@ -100,12 +100,41 @@ def export_untrained(out: Path) -> None:
 
 
 def busy_processes() -> list[str]:
-    """Other CPU-heavy work that would make the figures meaningless (training runs)."""
+    """Other CPU-heavy work that would make the figures meaningless: training or evaluation
+    runs by name, or any CPU use by others above 10% of the machine over half a second."""
     try:
-        out = subprocess.run(["pgrep", "-af", "vae-train"], capture_output=True, text=True)
+        out = subprocess.run(
+            ["pgrep", "-af", "vae-train|vae-evaluate|vae-export"], capture_output=True, text=True
+        )
+        busy = [line for line in out.stdout.splitlines() if line.strip()]
     except FileNotFoundError:
-        return []
-    return [line for line in out.stdout.splitlines() if line.strip()]
+        busy = []
+    share = other_cpu_share(0.5)
+    if share > 0.10:
+        busy.append(f"{100 * share:.0f}% of the CPUs busy with other processes")
+    return busy
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields[:8]) - idle, sum(fields[:8])
+
+
+def other_cpu_share(seconds: float) -> float:
+    """Share of all CPUs busy over `seconds`, this process excluded (0 where /proc is missing)."""
+    try:
+        busy0, total0 = _cpu_ticks()
+        own0 = sum(os.times()[:2])
+        time.sleep(seconds)
+        busy1, total1 = _cpu_ticks()
+        own1 = sum(os.times()[:2])
+    except OSError:
+        return 0.0
+    total = total1 - total0
+    if total <= 0:
+        return 0.0
+    return max(0.0, (busy1 - busy0 - (own1 - own0) * CLK_TCK) / total)
 
 
 def cpu_model() -> str:
