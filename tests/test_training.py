@@ -317,9 +317,20 @@ def test_export_and_evaluate_cli(tmp_path, idx_dir):
     model_dir = tmp_path / "models" / "ae"
     points = json.loads((model_dir / "latent_points.json").read_text())
     assert len(points["z"]) == len(points["labels"]) == 60
-    result = run_cli("vae-evaluate", str(model_dir), "--data-dir", str(idx_dir),
-                     "--classifier-epochs", "1", "--samples", "500", "--no-progress")  # fmt: skip
+    cache = tmp_path / "judges"
+    evaluate_args = ("vae-evaluate", str(model_dir), "--data-dir", str(idx_dir),
+                     "--classifier-epochs", "1", "--samples", "500", "--no-progress",
+                     "--judge-cache", str(cache))  # fmt: skip
+    result = run_cli(*evaluate_args)
     assert result.returncode == 0, result.stderr
+    judges = list(cache.glob("judge-*.pt"))
+    assert len(judges) == 1
+    first = json.loads((model_dir / "evaluation.json").read_text())
+    again = run_cli(*evaluate_args, "--no-figures")  # reuses the cached judge: same verdict
+    assert again.returncode == 0, again.stderr
+    assert list(cache.glob("judge-*.pt")) == judges
+    second = json.loads((model_dir / "evaluation.json").read_text())
+    assert second["samples_normal"] == first["samples_normal"]
     assert "box samples" in result.stdout  # the AE is also sampled over its encodings' box
     evaluation = json.loads((model_dir / "metadata.json").read_text())["evaluation"]
     assert evaluation["images"] == 200

@@ -6,7 +6,9 @@ penultimate features give a Frechet distance between samples and real images.
 
 from __future__ import annotations
 
+import hashlib
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,6 +20,8 @@ from training.data import Digits
 from training.train import random_shift
 
 FEATURE_DIM = 128
+# Bump when the judge's architecture or recipe changes, so cached judges are not reused.
+JUDGE_VERSION = 2
 
 
 class DigitClassifier(nn.Module):
@@ -33,6 +37,32 @@ class DigitClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+def judge_cache_path(cache_dir: Path, digits: Digits, epochs: int, seed: int) -> Path:
+    """Where the judge for this data, epoch count and seed is kept: keyed by a hash of the
+    training images themselves, so a different data set never reuses a stale judge."""
+    key = hashlib.sha256(digits.images.tobytes() + digits.labels.tobytes())
+    key.update(f"{epochs}:{seed}:{JUDGE_VERSION}".encode())
+    return cache_dir / f"judge-{key.hexdigest()[:16]}.pt"
+
+
+def load_or_train_classifier(
+    digits: Digits, epochs: int, seed: int, cache_dir: Path | None, progress: bool = True
+) -> DigitClassifier:
+    """The judge from `cache_dir` if it was trained before, else trained now (and cached)."""
+    path = judge_cache_path(cache_dir, digits, epochs, seed) if cache_dir else None
+    if path is not None and path.exists():
+        model = DigitClassifier()
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model.eval()
+    model = train_classifier(digits, epochs=epochs, seed=seed, progress=progress)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(model.state_dict(), tmp)
+        tmp.replace(path)
+    return model
 
 
 def train_classifier(

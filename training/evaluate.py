@@ -81,9 +81,10 @@ def evaluate(
     seed: int = 0,
     figures: bool = True,
     progress: bool = True,
+    judge_cache: Path | None = None,
 ) -> dict:
     """Evaluate `model_dir`; returns the evaluation dict (also written to the folder)."""
-    from training.classifier import predict, sample_quality, train_classifier
+    from training.classifier import load_or_train_classifier, predict, sample_quality
 
     started = time.perf_counter()
     model = OnnxModel(model_dir)
@@ -107,7 +108,9 @@ def evaluate(
         kl = -0.5 * np.sum(1 + log_var - mu**2 - np.exp(log_var), axis=1)
         result["kl_per_image"] = float(kl.mean())
 
-    classifier = train_classifier(train, epochs=classifier_epochs, seed=seed, progress=progress)
+    classifier = load_or_train_classifier(
+        train, classifier_epochs, seed, judge_cache, progress=progress
+    )
     test_probs, test_features = predict(classifier, test.images)
     result["classifier"] = {
         "trained_on": train.source,
@@ -212,6 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--classifier-epochs", type=int, default=12, help="epochs of the judge")
     p.add_argument("--samples", type=int, default=10_000, help="random latent points to judge")
     p.add_argument("--seed", type=int, default=0, help="seed for the judge and the samples")
+    p.add_argument(
+        "--judge-cache",
+        type=Path,
+        default=Path.home() / ".cache" / "vae-service",
+        help="folder that keeps trained judges for reuse",
+    )
+    p.add_argument("--no-judge-cache", action="store_true", help="always train the judge anew")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
@@ -226,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             figures=not args.no_figures,
             progress=not args.no_progress,
+            judge_cache=None if args.no_judge_cache else args.judge_cache,
         )
     except (DataError, FileNotFoundError) as exc:
         print(f"vae-evaluate: {exc}", file=sys.stderr)
