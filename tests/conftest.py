@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +22,24 @@ TINY_ARCH = {
     "decoder_conv_t_strides": [2, 1],
 }
 TINY_FIGURE = "training_curves.png"
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop a server a test started, by its PID: SIGTERM, then SIGKILL after 10 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
 
 
 def export_tiny_model(out_dir: Path, kind: str, z_dim: int = 2) -> dict:

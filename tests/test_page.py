@@ -14,7 +14,6 @@ import io
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from conftest import free_port, stop
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,23 +112,6 @@ def _skip_reason() -> str | None:
     if not CHROMIUM.exists():
         return f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium)"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Stop the server we started, by its PID: SIGTERM, then SIGKILL after 10 s."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
