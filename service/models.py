@@ -129,6 +129,8 @@ class Model:
     def to_unit_pixels(self, images: np.ndarray) -> np.ndarray:
         """Model-convention images -> [0, 1] (for PNG encoding), clipped."""
         low, high = self.metadata["input"].get("range", [0.0, 1.0])
+        if low == 0 and high == 1:
+            return np.clip(images, 0.0, 1.0)
         return np.clip((images - low) / (high - low), 0.0, 1.0)
 
     def encode_batch(self, images: np.ndarray) -> dict[str, np.ndarray]:
