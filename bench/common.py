@@ -121,6 +121,14 @@ def _cpu_ticks() -> tuple[int, int]:
     return sum(fields[:8]) - idle, sum(fields[:8])
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot (all CPUs, /proc/stat)."""
+    try:
+        return _cpu_ticks()[0] / CLK_TCK
+    except OSError:
+        return 0.0
+
+
 def other_cpu_share(seconds: float) -> float:
     """Share of all CPUs busy over `seconds`, this process excluded (0 where /proc is missing)."""
     try:

@@ -100,6 +100,7 @@ def format_row(r: LoadResult) -> str:
         f"{r.name:<20} c={r.concurrency:<3} {r.rps:>8.1f} req/s  p50 {r.p50_ms:7.2f} ms  "
         f"p99 {r.p99_ms:7.2f} ms  server {100 * r.server_cpu_share:5.1f}% "
         f"({r.server_cpu_ms_per_request:.3f} ms/req)  client {100 * r.client_cpu_share:4.1f}%"
+        + (f"  OTHERS {100 * r.other_cpu_share:.0f}%" if r.other_cpu_share > 0.03 else "")
         + errors
     )
 

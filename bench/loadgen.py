@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import CLK_TCK, cpu_seconds
+from bench.common import CLK_TCK, cpu_seconds, machine_busy_seconds
 
 LUA_COMMON = r"""
 local function readfile(path)
@@ -99,6 +99,7 @@ class LoadResult:
     server_cpu_share: float  # of all the machine's cores (1.0 = every core busy all the time)
     client_cpu_share: float
     server_cpu_ms_per_request: float
+    other_cpu_share: float  # everything else on the machine meanwhile (should be ~0)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -197,6 +198,7 @@ def run_wrk(
             base_url + path,
         ]
         server_before = cpu_seconds(server_pid) if server_pid else 0.0
+        busy_before = machine_busy_seconds()
         start = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         waited = (0, 0, None)
@@ -214,6 +216,7 @@ def run_wrk(
         stdout = proc.stdout.read().decode() if proc.stdout else ""
         stderr = proc.stderr.read().decode() if proc.stderr else ""
         server_after = cpu_seconds(server_pid) if server_pid else 0.0
+        busy = machine_busy_seconds() - busy_before
     if proc.returncode != 0:
         raise RuntimeError(f"wrk failed ({proc.returncode}): {stderr or stdout}")
     line = next((x for x in stdout.splitlines() if x.startswith("WRKJSON ")), None)
@@ -242,5 +245,6 @@ def run_wrk(
         server_cpu_share=round(server_cpu / wall / cores, 3),
         client_cpu_share=round(client_cpu / wall / cores, 3),
         server_cpu_ms_per_request=round(1000 * server_cpu / count, 3) if count else 0.0,
+        other_cpu_share=round(max(0.0, busy - server_cpu - client_cpu) / wall / cores, 3),
         extra={"wall_s": round(wall, 3), "clk_tck": CLK_TCK},
     )
