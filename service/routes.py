@@ -2,9 +2,11 @@
 out) on the event loop, and bigger ones in the thread pool, where onnxruntime releases the GIL
 so the loop keeps serving: see `inline_if_small`. Probes are `async` and touch no model."""
 
+import asyncio
 import functools
 import mimetypes
 import struct
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -106,8 +108,14 @@ PNG_RESPONSE = {
 # this many pixels uploaded (PNG headers) or drawn out (images x (28 x scale)^2). For such a
 # request the thread-pool hand-off (anyio queue, thread wake-up, then waiting up to the GIL's
 # 5 ms switch interval to take the GIL back from the loop) cost more than the work: /encode
-# 1.6 -> 1.0 ms of CPU, /sample?n=16 5.3 -> 4.6 ms (bench/http_load.py, BENCHMARKS.md). With one
+# 1.6 -> 1.0 ms of CPU, /sample?n=16 5.3 -> 4.7 ms (bench/http_load.py, BENCHMARKS.md). With one
 # worker process per CPU (the default), running it inline costs no parallelism either.
+# Up to INLINE_DIRECT_IMAGES (an /encode, a /reconstruct: well under 1 ms) the work runs at once.
+# Above, requests take turns in arrival order, each after one pass of the loop over the
+# sockets: uvloop left alone serves connections unfairly when handlers block for milliseconds
+# (/sample?n=16 at 32 connections: p50 75 ms but p99 450-630 ms; in turns p99 95-100 ms, at the
+# same throughput; a bare uvicorn app that blocks 4.5 ms shows the same p99 on uvloop).
+INLINE_DIRECT_IMAGES = 2
 INLINE_MAX_IMAGES = 16
 INLINE_MAX_PIXELS = 16 * (4 * 28) ** 2  # 16 digits at scale 4, or one 448x448 upload
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -135,22 +143,46 @@ def small_output(images: int, scale: int, size: int = 28) -> bool:
 # in order): each worker has about one core, so more threads would only add peak memory (a
 # batch of 256 holds ~100 MB of activations while it runs) and GIL contention.
 OFFLOAD_THREADS = 2
-_offload_limiter: list[anyio.CapacityLimiter] = []
 
 
-def inline_if_small(small: Callable[[dict[str, Any]], bool]) -> Callable:
+TOO_BIG = 1 << 62
+# Per event loop (tests run several): the turns' lock and the thread limiter.
+_loop_state: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, tuple[asyncio.Lock, anyio.CapacityLimiter]
+] = weakref.WeakKeyDictionary()
+
+
+def _turns_and_limiter() -> tuple[asyncio.Lock, anyio.CapacityLimiter]:
+    loop = asyncio.get_running_loop()
+    state = _loop_state.get(loop)
+    if state is None:
+        # asyncio.Lock wakes its waiters in the order they came: turns in arrival order.
+        state = _loop_state[loop] = (asyncio.Lock(), anyio.CapacityLimiter(OFFLOAD_THREADS))
+    return state
+
+
+def images_if_small(images: int, small: bool) -> int:
+    return images if small else TOO_BIG
+
+
+def inline_if_small(work: Callable[[dict[str, Any]], int]) -> Callable:
     """Decorate a plain `def` handler: FastAPI sees an `async` one (same signature) that calls
-    it on the event loop when `small(arguments)`, else in a worker thread (OFFLOAD_THREADS)."""
+    it on the event loop when `work(arguments)` (images of work, TOO_BIG if too big for the
+    loop) is at most INLINE_MAX_IMAGES, else in a worker thread (OFFLOAD_THREADS)."""
 
     def decorate(handler: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(handler)
         async def run(**kwargs: Any) -> Any:
-            if small(kwargs):
+            images = work(kwargs)
+            if images <= INLINE_DIRECT_IMAGES:
                 return handler(**kwargs)
-            if not _offload_limiter:
-                _offload_limiter.append(anyio.CapacityLimiter(OFFLOAD_THREADS))
+            turns, limiter = _turns_and_limiter()
+            if images <= INLINE_MAX_IMAGES:
+                async with turns:
+                    await asyncio.sleep(0)  # one pass over the sockets before each turn
+                    return handler(**kwargs)
             return await anyio.to_thread.run_sync(
-                functools.partial(handler, **kwargs), limiter=_offload_limiter[0]
+                functools.partial(handler, **kwargs), limiter=limiter
             )
 
         return run
@@ -242,7 +274,7 @@ def build_router(settings: Settings) -> APIRouter:
         openapi_extra=ONE_IMAGE_BODY,
         responses=_errors(400, 404, 413, 415, 422),
     )
-    @inline_if_small(lambda kw: small_uploads([kw["data"]]))
+    @inline_if_small(lambda kw: images_if_small(1, small_uploads([kw["data"]])))
     def encode(
         model: ModelDep, data: ImageUpload, preprocess: PreprocessQ = Preprocess.auto
     ) -> Encoding:
@@ -259,7 +291,7 @@ def build_router(settings: Settings) -> APIRouter:
         openapi_extra=MANY_IMAGES_BODY,
         responses=_errors(400, 404, 413, 415, 422),
     )
-    @inline_if_small(lambda kw: small_uploads(kw["data"]))
+    @inline_if_small(lambda kw: images_if_small(len(kw["data"]), small_uploads(kw["data"])))
     def encode_batch(
         model: ModelDep, data: ImageUploads, preprocess: PreprocessQ = Preprocess.auto
     ) -> BatchEncoding:
@@ -276,7 +308,9 @@ def build_router(settings: Settings) -> APIRouter:
         "(|value| <= 1e4) -> one image each.",
         responses={200: PNG_RESPONSE, **_errors(404, 413, 422)},
     )
-    @inline_if_small(lambda kw: small_output(len(kw["body"].z), kw["scale"]))
+    @inline_if_small(
+        lambda kw: images_if_small(len(kw["body"].z), small_output(len(kw["body"].z), kw["scale"]))
+    )
     def decode(
         body: DecodeRequest,
         model: ModelDep,
@@ -301,7 +335,7 @@ def build_router(settings: Settings) -> APIRouter:
         summary="Decode random latent vectors",
         responses={200: PNG_RESPONSE, **_errors(404, 422)},
     )
-    @inline_if_small(lambda kw: small_output(kw["n"], kw["scale"]))
+    @inline_if_small(lambda kw: images_if_small(kw["n"], small_output(kw["n"], kw["scale"])))
     def sample(
         model: ModelDep,
         n: Annotated[int, Query(ge=1, le=max_batch, description="how many images")] = 16,
@@ -327,7 +361,9 @@ def build_router(settings: Settings) -> APIRouter:
         openapi_extra=ONE_IMAGE_BODY,
         responses={200: PNG_RESPONSE, **_errors(400, 404, 413, 415, 422)},
     )
-    @inline_if_small(lambda kw: small_uploads([kw["data"]]) and small_output(1, kw["scale"]))
+    @inline_if_small(
+        lambda kw: images_if_small(2, small_uploads([kw["data"]]) and small_output(1, kw["scale"]))
+    )
     def reconstruct(
         model: ModelDep,
         data: ImageUpload,
