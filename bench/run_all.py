@@ -115,6 +115,9 @@ def run(quick: bool, out_dir: Path | None, before: str | None, training: bool) -
     summary["quiet_machine"] = quiet and summary_quiet(results)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     summary["before_commit"] = before
+    summary["command_line"] = (
+        "make bench" if os.environ.get("MAKELEVEL") else "python bench/run_all.py"
+    )
     write_result("summary", summary, out_dir)
     print_targets(summary)
     return {"results": results, "summary": summary}
@@ -228,14 +231,14 @@ def _table(header: list[str], rows: list[list]) -> str:
 def markdown(run_data: dict, command: str) -> str:
     r, s = run_data["results"], run_data["summary"]
     c, h, p, m = r["compute"], r["http"], r["profile"], r["memory"]
-    mach = machine()
+    mach = c.get("machine") or machine()  # as recorded when the figures were taken
     v = mach["versions"]
     parts = []
     parts.append(
         f"Measured by `{command}` on {mach['nproc']} CPUs ({mach['cpu_model']}, "
         f"{', '.join(mach['cpu_flags'])}), {mach['memory_gib']} GiB, Linux {mach['kernel']}; "
         f"{'a quiet machine (no other CPU work)' if s['quiet_machine'] else 'NOT a quiet machine'}"
-        f"; {time.strftime('%Y-%m-%d')}. Python {v['python']}, onnxruntime "
+        f"; {s.get('when', time.strftime('%Y-%m-%d'))[:10]}. Python {v['python']}, onnxruntime "
         f"{v.get('onnxruntime')}, numpy {v.get('numpy')}, FastAPI {v.get('fastapi')}, Starlette "
         f"{v.get('starlette')}, uvicorn {v.get('uvicorn')} (uvloop {v.get('uvloop')}, httptools "
         f"{v.get('httptools')}), Pillow {v.get('pillow')}, torch {v.get('torch')}, wrk "
@@ -274,8 +277,9 @@ def markdown(run_data: dict, command: str) -> str:
         f"OpenBLAS): **{peak.get(1, 0):.0f} GFLOP/s on 1 core, "
         f"{peak.get(mach['nproc'], peak.get(max(peak), 0)):.0f} GFLOP/s on all "
         f"{mach['nproc']}**.\n\nonnxruntime with the served sessions (what one worker runs: "
-        f"{sess['intra_op_num_threads']} intra-op thread(s), spinning "
-        f"{sess['allow_spinning']}, arena {sess['enable_cpu_mem_arena']}), one caller:"
+        f"{sess['intra_op_num_threads']} intra-op thread, spinning "
+        f"{'on' if sess['allow_spinning'] == '1' else 'off'}, memory arena "
+        f"{'on' if sess['enable_cpu_mem_arena'] else 'off'}), one caller:"
     )
     rows = [
         [
@@ -471,6 +475,29 @@ def markdown(run_data: dict, command: str) -> str:
     return "\n\n".join(parts)
 
 
+def load_results(folder: Path) -> dict:
+    """A run's data as `run` returns it, read back from its JSON files."""
+    import json
+
+    names = {
+        "compute": "compute",
+        "decoder_forms": "decoder_forms",
+        "http": "http",
+        "profile": "profile",
+        "memory": "memory",
+        "training": "training",
+        "before": "http_before",
+        "one_worker": "http_one_worker",
+    }
+    results = {
+        key: json.loads((folder / f"{name}.json").read_text())
+        for key, name in names.items()
+        if (folder / f"{name}.json").is_file()
+    }
+    summary = json.loads((folder / "summary.json").read_text())
+    return {"results": results, "summary": summary}
+
+
 def update_markdown(text: str) -> None:
     block = f"{BEGIN}\n\n{text}\n\n{END}"
     if MARKDOWN.exists():
@@ -493,15 +520,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-before", action="store_true", help="skip the before/after runs")
     p.add_argument("--no-training", action="store_true", help="skip the training epochs")
     p.add_argument("--no-markdown", action="store_true", help="leave BENCHMARKS.md as it is")
+    p.add_argument(
+        "--markdown-only",
+        action="store_true",
+        help="measure nothing: rewrite BENCHMARKS.md's tables from bench/results/*.json",
+    )
     args = p.parse_args(argv)
+    if args.markdown_only:
+        data = load_results(args.out_dir or RESULTS)
+        update_markdown(markdown(data, data["summary"].get("command_line", "make bench")))
+        print(f"rewrote the generated part of {MARKDOWN.name} from saved results")
+        return 0
     if shutil.which("wrk") is None:
         print("make bench needs wrk: apt-get install wrk", file=sys.stderr)
         return 2
     out_dir = args.out_dir or (CACHE / "quick" if args.quick else RESULTS)
     data = run(args.quick, out_dir, None if args.no_before else args.before, not args.no_training)
     if not (args.quick or args.no_markdown):
-        command = "make bench" if os.environ.get("MAKELEVEL") else "python bench/run_all.py"
-        update_markdown(markdown(data, command))
+        update_markdown(markdown(data, data["summary"]["command_line"]))
         print(f"rewrote the generated part of {MARKDOWN.name}")
     return 0 if data["summary"]["errors"] == 0 else 1
 
