@@ -6,6 +6,7 @@ import io
 import json
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +30,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_ready(process: subprocess.Popen, base: str, log_path: Path, timeout: float) -> None:
+    """Poll `base`/readyz until 200; fail with the server's log if it exits or times out."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / 0.1) + 1):  # bounded in count and in time
+        if process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode}: {log_path.read_text()}")
+        try:
+            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    pytest.fail(f"server not ready in {timeout} s: {log_path.read_text()}")
 
 
 def stop(process: subprocess.Popen) -> None:

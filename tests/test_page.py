@@ -16,13 +16,12 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from conftest import free_port, stop
+from conftest import free_port, stop, wait_ready
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -140,18 +139,7 @@ def server(explorer_models: Path, tmp_path_factory) -> str:
         )
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + START_TIMEOUT
-            while True:
-                if process.poll() is not None:
-                    pytest.fail(f"server exited with {process.returncode}: {log_path.read_text()}")
-                try:
-                    if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"server not ready in {START_TIMEOUT} s: {log_path.read_text()}")
-                time.sleep(0.1)
+            wait_ready(process, base, log_path, START_TIMEOUT)
             yield base
         finally:
             stop(process)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port, stop
+from conftest import free_port, stop, wait_ready
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0
@@ -39,18 +39,7 @@ def server(model_dir, tmp_path_factory):
         process = start(model_dir, port, log, VAE_MAX_UPLOAD_BYTES="65536")
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + START_TIMEOUT
-            for _ in range(300):  # bounded in count and in time
-                if process.poll() is not None:
-                    pytest.fail(f"server exited with {process.returncode}: {log_path.read_text()}")
-                try:
-                    if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"server not ready in {START_TIMEOUT} s: {log_path.read_text()}")
-                time.sleep(0.1)
+            wait_ready(process, base, log_path, START_TIMEOUT)
             with httpx.Client(base_url=base, timeout=10) as client:
                 yield client, log_path
         finally:
