@@ -24,40 +24,30 @@ CONFIDENCE = 0.9
 
 
 class OnnxModel:
-    """The exported encoder and decoder of a model folder, run by onnxruntime."""
+    """The exported encoder and decoder of a model folder, loaded and checked against its
+    metadata by the service's own loader, run in chunks to bound memory."""
+
+    CHUNK = 1000
 
     def __init__(self, model_dir: Path):
-        import onnxruntime as ort
+        from service.models import load_model
 
-        self.metadata = read_metadata(model_dir)
-        self.kind = self.metadata["kind"]
-        self.z_dim = self.metadata["z_dim"]
-        options = ort.SessionOptions()
-        providers = ["CPUExecutionProvider"]
-        enc, dec = self.metadata["encoder"], self.metadata["decoder"]
-        self._encoder = ort.InferenceSession(str(model_dir / enc["file"]), options, providers)
-        self._decoder = ort.InferenceSession(str(model_dir / dec["file"]), options, providers)
-        self._encoder_input, self._encoder_outputs = enc["input"], enc["outputs"]
-        self._decoder_input = dec["input"]
+        self._model = load_model(model_dir)
+        self.metadata = self._model.metadata
+        self.kind = self._model.kind
+        self.z_dim = self._model.z_dim
 
     def encode(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """{'mu', 'log_var'} (VAE) or {'z'} (AE), batched to bound memory."""
+        """{'mu', 'log_var'} (VAE) or {'z'} (AE)."""
         parts = [
-            self._encoder.run(None, {self._encoder_input: images[i : i + 1000]})
-            for i in range(0, len(images), 1000)
+            self._model.encode_batch(images[i : i + self.CHUNK])
+            for i in range(0, len(images), self.CHUNK)
         ]
-        return {
-            name: np.concatenate([p[k] for p in parts])
-            for k, name in enumerate(self._encoder_outputs)
-        }
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
     def decode(self, z: np.ndarray) -> np.ndarray:
-        z = np.ascontiguousarray(z, dtype=np.float32)
         return np.concatenate(
-            [
-                self._decoder.run(None, {self._decoder_input: z[i : i + 1000]})[0]
-                for i in range(0, len(z), 1000)
-            ]
+            [self._model.decode_batch(z[i : i + self.CHUNK]) for i in range(0, len(z), self.CHUNK)]
         )
 
     def mean_latent(self, images: np.ndarray) -> np.ndarray:
