@@ -19,7 +19,7 @@ from training.data import DataError, load_default, load_mnist_dir, read_idx
 from training.export import ParityError, check_parity, export_model
 from training.losses import kl_divergence
 from training.model import build_model
-from training.train import train
+from training.train import random_affine, train
 
 BIN = Path(sys.executable).parent
 
@@ -200,6 +200,10 @@ def test_train_cli_writes_a_run_folder(tmp_path, idx_dir):
         assert m["train_loss"] == pytest.approx(m["train_reconstruction"] + m["train_kl"])
     checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
     assert checkpoint["epoch"] == 2 and "optimizer" in checkpoint
+    best = torch.load(run / "best.pt", weights_only=True)
+    best_epoch = min(metrics, key=lambda m: m["val_loss"])["epoch"]
+    assert best["epoch"] == best_epoch
+    assert f"at epoch {best_epoch} in" in result.stderr
     figures = sorted(p.name for p in (run / "figures").iterdir())
     assert figures == [
         "epoch_0001_recon.png", "epoch_0001_samples.png",
@@ -221,6 +225,9 @@ def test_train_help_documents_every_flag():
         "--r-loss-factor",
         "--batch-norm",
         "--dropout",
+        "--augment-shift",
+        "--augment-rotation",
+        "--augment-scale",
     ):
         assert flag in result.stdout
 
@@ -245,6 +252,36 @@ def test_resume_equals_uninterrupted_run(tmp_path, kind):
     lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2
     assert json.loads(lines[-1])["train_loss"] == straight["train_loss"]
+
+
+def test_random_affine_keeps_digits_and_is_identity_at_zero():
+    images = torch.from_numpy(load_default().images[:64])
+    generator = torch.Generator().manual_seed(0)
+    same = random_affine(images, 0, 0, 0, generator)
+    assert torch.allclose(same, images, atol=1e-5)
+    moved = random_affine(images, 10, 0.1, 2, generator)
+    assert moved.shape == images.shape
+    assert float(moved.min()) >= 0 and float(moved.max()) <= 1
+    assert float((moved - images).abs().mean()) > 0.02  # really changed
+    # Ink is moved, not lost: zoom of at most 10% changes the total by at most ~21%.
+    ratio = moved.sum(dim=(1, 2, 3)) / images.sum(dim=(1, 2, 3))
+    assert float(ratio.min()) > 0.7 and float(ratio.max()) < 1.3
+
+
+def test_resume_keeps_the_best_checkpoint(tmp_path):
+    config = TrainConfig(model=ModelConfig(kind="ae"), epochs=1, limit=200, val_size=40,
+                         figures_every=0, threads=1, augment_rotation=5)  # fmt: skip
+    train(config, tmp_path / "run", progress=False)
+    first = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    config.epochs = 2
+    train(config, tmp_path / "run", resume=True, progress=False)
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    if metrics[1]["val_loss"] < metrics[0]["val_loss"]:
+        assert best["epoch"] == 2
+    else:  # not overwritten by a worse epoch after the resume
+        assert best["epoch"] == 1
+        assert all(torch.equal(best["model"][k], first["model"][k]) for k in first["model"])
 
 
 def test_resume_without_a_run_folder_is_a_clear_error(tmp_path):
@@ -312,9 +349,14 @@ def test_export_and_evaluate_cli(tmp_path, idx_dir):
         "vae-train", "--kind", "ae", "--epochs", "1", "--limit", "300", "--val-size", "60",
         "--figures-every", "0", "--out", str(run), "--no-progress",
     ).returncode == 0  # fmt: skip
-    result = run_cli("vae-export", str(run), "--out", str(tmp_path / "models" / "ae"))
+    result = run_cli("vae-export", str(run), "--out", str(tmp_path / "models" / "ae"),
+                     "--checkpoint", "best")  # fmt: skip
     assert result.returncode == 0, result.stderr
     model_dir = tmp_path / "models" / "ae"
+    training = json.loads((model_dir / "metadata.json").read_text())["training"]
+    assert training["checkpoint"] == "best" and training["epochs"] == 1
+    missing = run_cli("vae-export", str(tmp_path / "nothing"), "--out", str(tmp_path / "x"))
+    assert missing.returncode == 2 and "no checkpoint" in missing.stderr
     points = json.loads((model_dir / "latent_points.json").read_text())
     assert len(points["z"]) == len(points["labels"]) == 60
     cache = tmp_path / "judges"

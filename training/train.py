@@ -19,6 +19,8 @@ from training.losses import kl_divergence, per_image_mse, reconstruction_term
 from training.model import build_model
 
 CHECKPOINT = "checkpoint.pt"
+# The weights of the epoch with the lowest validation loss (early stopping without stopping).
+BEST_CHECKPOINT = "best.pt"
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
 
@@ -54,6 +56,42 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) ->
     return torch.stack(
         [padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets.tolist())]
     )
+
+
+def random_affine(
+    x: torch.Tensor,
+    max_rotation: float,
+    max_scale: float,
+    max_shift: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Rotate (degrees), scale (fraction) and shift (pixels) each image at random (zero fill)."""
+    n, _, h, w = x.shape
+    u = torch.rand(n, 4, generator=generator) * 2 - 1  # uniform in [-1, 1)
+    angle = torch.deg2rad(u[:, 0] * max_rotation)
+    # grid_sample maps output to input coordinates, so zooming in by s samples a grid 1/s wide.
+    inverse_scale = 1.0 / (1.0 + u[:, 1] * max_scale)
+    cos, sin = torch.cos(angle) * inverse_scale, torch.sin(angle) * inverse_scale
+    # Normalised coordinates span 2 over the image, so a pixel is 2 / size.
+    theta = torch.stack(
+        [
+            torch.stack([cos, -sin, u[:, 2] * max_shift * 2 / w], dim=1),
+            torch.stack([sin, cos, u[:, 3] * max_shift * 2 / h], dim=1),
+        ],
+        dim=1,
+    )
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def augment(x: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    if config.augment_rotation or config.augment_scale:
+        return random_affine(
+            x, config.augment_rotation, config.augment_scale, config.augment_shift, generator
+        )
+    if config.augment_shift:
+        return random_shift(x, config.augment_shift, generator)
+    return x
 
 
 @torch.no_grad()
@@ -108,8 +146,7 @@ def train_epoch(
     )
     for start in bar:
         x = images[order[start : start + config.batch_size]]
-        if config.augment_shift:
-            x = random_shift(x, config.augment_shift, generator)
+        x = augment(x, config, generator)
         parts = compute_loss(model, x, config)
         optimizer.zero_grad(set_to_none=True)
         parts.loss.backward()
@@ -125,31 +162,40 @@ def train_epoch(
     return {name: value / seen for name, value in sums.items()}
 
 
-def save_checkpoint(run_dir: Path, model, optimizer, config: TrainConfig, epoch: int) -> None:
+def save_checkpoint(
+    run_dir: Path, model, optimizer, config: TrainConfig, epoch: int, name: str = CHECKPOINT
+) -> None:
     """Write atomically, so an interrupted save never leaves a broken checkpoint."""
-    tmp = run_dir / (CHECKPOINT + ".tmp")
-    torch.save(
-        {
-            "epoch": epoch,
-            "config": config.to_dict(),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-        },
-        tmp,
-    )
-    tmp.replace(run_dir / CHECKPOINT)
+    tmp = run_dir / (name + ".tmp")
+    state = {"epoch": epoch, "config": config.to_dict(), "model": model.state_dict()}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    torch.save(state, tmp)
+    tmp.replace(run_dir / name)
 
 
-def load_checkpoint(run_dir: Path) -> dict:
-    path = Path(run_dir) / CHECKPOINT
+def load_checkpoint(run_dir: Path, name: str = CHECKPOINT) -> dict:
+    path = Path(run_dir) / name
     if not path.exists():
         raise FileNotFoundError(f"{path}: no checkpoint to resume from")
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_trained_model(run_dir: Path) -> tuple[torch.nn.Module, TrainConfig, int]:
-    """The model of a run folder's last checkpoint, in eval mode, with its config and epochs."""
-    checkpoint = load_checkpoint(run_dir)
+def best_epoch(metrics_path: Path) -> tuple[float, int]:
+    """The lowest validation loss recorded so far in a run's metrics and its epoch (inf, 0)."""
+    best = (float("inf"), 0)
+    if metrics_path.exists():
+        for line in metrics_path.read_text().splitlines():
+            record = json.loads(line)
+            best = min(best, (record["val_loss"], record["epoch"]))
+    return best
+
+
+def load_trained_model(
+    run_dir: Path, checkpoint_name: str = CHECKPOINT
+) -> tuple[torch.nn.Module, TrainConfig, int]:
+    """A run folder's model (last or best checkpoint), in eval mode, with its config and epochs."""
+    checkpoint = load_checkpoint(run_dir, checkpoint_name)
     config = TrainConfig.from_dict(checkpoint["config"])
     model = build_model(config.model)
     model.load_state_dict(checkpoint["model"])
@@ -179,6 +225,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, progress: bo
         start_epoch = checkpoint["epoch"]
         _truncate_metrics(run_dir / METRICS, start_epoch)
     else:
+        (run_dir / BEST_CHECKPOINT).unlink(missing_ok=True)
         (run_dir / METRICS).unlink(missing_ok=True)
     config.save(run_dir / CONFIG)
     print(
@@ -189,6 +236,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, progress: bo
     )
     fixed_z = torch.randn(64, config.model.z_dim, generator=torch.Generator().manual_seed(1))
     record: dict = {}
+    best_loss, best_at = best_epoch(run_dir / METRICS)
     started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         epoch_start = time.perf_counter()
@@ -205,6 +253,9 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, progress: bo
         with open(run_dir / METRICS, "a") as f:
             f.write(json.dumps(record) + "\n")
         save_checkpoint(run_dir, model, optimizer, config, epoch + 1)
+        if val_metrics["loss"] < best_loss:
+            best_loss, best_at = val_metrics["loss"], epoch + 1
+            save_checkpoint(run_dir, model, None, config, epoch + 1, BEST_CHECKPOINT)
         print(
             f"epoch {epoch + 1:>4}/{config.epochs}  loss {train_metrics['loss']:.3f}  "
             f"recon {train_metrics['reconstruction']:.3f}  kl {train_metrics['kl']:.3f}  "
@@ -221,7 +272,8 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, progress: bo
             f"done: {config.model.kind}, {config.epochs} epochs in {elapsed:.0f}s; "
             f"val per-pixel MSE (decoding the mean) {record['val_mse_mu']:.4f}"
             + (f", val KL {record['val_kl']:.2f}" if config.model.kind == "vae" else "")
-            + f"; checkpoint {run_dir / CHECKPOINT}",
+            + f"; checkpoint {run_dir / CHECKPOINT}; lowest val loss {best_loss:.4f} at epoch "
+            f"{best_at} in {run_dir / BEST_CHECKPOINT}",
             file=sys.stderr,
         )
     return record
@@ -309,6 +361,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="random shifts of up to N pixels as augmentation (0 = off)",
     )
     p.add_argument(
+        "--augment-rotation",
+        type=float,
+        default=defaults.augment_rotation,
+        metavar="DEGREES",
+        help="random rotations of up to +-DEGREES as augmentation (0 = off)",
+    )
+    p.add_argument(
+        "--augment-scale",
+        type=float,
+        default=defaults.augment_scale,
+        metavar="FRACTION",
+        help="random zoom of up to +-FRACTION (0.1 = 10%%) as augmentation (0 = off)",
+    )
+    p.add_argument(
         "--figures-every",
         type=int,
         default=defaults.figures_every,
@@ -354,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         limit=args.limit,
         val_size=args.val_size,
         augment_shift=args.augment_shift,
+        augment_rotation=args.augment_rotation,
+        augment_scale=args.augment_scale,
         figures_every=args.figures_every,
         threads=args.threads,
     )
