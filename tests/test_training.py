@@ -275,7 +275,8 @@ def test_resume_keeps_the_best_checkpoint(tmp_path):
     first = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     config.epochs = 2
     train(config, tmp_path / "run", resume=True, progress=False)
-    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    metrics = [json.loads(line) for line in lines]
     best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     if metrics[1]["val_loss"] < metrics[0]["val_loss"]:
         assert best["epoch"] == 2
