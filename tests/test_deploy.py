@@ -126,9 +126,9 @@ def test_resources_match_the_thread_settings():
     env = _env(container)
     assert resources["requests"]["cpu"] == resources["limits"]["cpu"]
     cpus = int(resources["limits"]["cpu"])
-    assert env["VAE_WORKERS"]["value"] == "1"
-    # Threads are read from this container's own CPU limit, so they always equal it.
-    field = env["VAE_INTRA_OP_THREADS"]["valueFrom"]["resourceFieldRef"]
+    assert env["VAE_INTRA_OP_THREADS"]["value"] == "1"
+    # One worker per CPU, read from this container's own CPU limit, so they always match.
+    field = env["VAE_WORKERS"]["valueFrom"]["resourceFieldRef"]
     assert field == {"containerName": container["name"], "resource": "limits.cpu", "divisor": "1"}
     assert cpus >= 1
     for key in ("requests", "limits"):
@@ -266,10 +266,11 @@ def stop(proc: subprocess.Popen) -> int:
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
-        ({"VAE_CPUS": "4"}, "workers=1 threads=4"),
+        ({"VAE_CPUS": "4"}, "workers=4 threads=1"),
         ({"VAE_CPUS": "4", "VAE_WORKERS": "2"}, "workers=2 threads=2"),
         ({"VAE_CPUS": "1", "VAE_WORKERS": "3"}, "workers=3 threads=1"),
-        ({"VAE_CPUS": "8", "VAE_INTRA_OP_THREADS": "3"}, "workers=1 threads=3"),
+        ({"VAE_CPUS": "8", "VAE_INTRA_OP_THREADS": "3"}, "workers=8 threads=3"),
+        ({"VAE_CPUS": "4", "VAE_WORKERS": "1"}, "workers=1 threads=4"),
         ({"VAE_CPUS": "6", "WEB_CONCURRENCY": "3"}, "workers=3 threads=2"),
     ],
 )
@@ -286,8 +287,9 @@ def test_entrypoint_defaults_to_the_cpus_it_may_use(fake_python):
     proc, out = start_entrypoint(fake_python)
     line = out.read_text().splitlines()[0]
     assert "--port 8000" in line
-    threads = int(line.rsplit("threads=", 1)[1])
-    assert 1 <= threads <= len(os.sched_getaffinity(0))
+    workers = int(line.split("workers=", 1)[1].split()[0])
+    assert 1 <= workers <= len(os.sched_getaffinity(0))
+    assert line.endswith("threads=1")
     assert stop(proc) == 0
 
 

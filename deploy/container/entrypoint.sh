@@ -1,9 +1,10 @@
 #!/bin/sh
 # Container entrypoint for the VAE service (POSIX sh: python:3.11-slim has dash, no bash needed).
 #
-# 1. Sizes the process to the CPUs this container may use: VAE_WORKERS (uvicorn worker
-#    processes, default 1, passed on as WEB_CONCURRENCY) and VAE_INTRA_OP_THREADS (onnxruntime threads per worker, default
-#    CPUs / workers). CPUs = the cgroup CPU quota (docker --cpus, a Kubernetes CPU limit),
+# 1. Sizes the process to the CPUs this container may use: VAE_WORKERS (server processes,
+#    default one per CPU: one Python process does about one core of work; also passed on as
+#    WEB_CONCURRENCY) and VAE_INTRA_OP_THREADS (onnxruntime threads per worker, default
+#    CPUs / workers, so 1). CPUs = the cgroup CPU quota (docker --cpus, a Kubernetes CPU limit),
 #    else the CPUs the process may run on (nproc); VAE_CPUS overrides the detection.
 # 2. Runs `python -m service` on 0.0.0.0:$PORT and forwards SIGTERM/SIGINT to it. uvicorn then
 #    stops accepting, drains in-flight requests and exits; a shutdown that we asked for exits 0
@@ -38,7 +39,7 @@ fi
 [ "$cpus" -ge 1 ] 2>/dev/null || cpus=1
 
 # uvicorn reads its worker count from WEB_CONCURRENCY (python -m service leaves `workers` unset).
-: "${VAE_WORKERS:=${WEB_CONCURRENCY:-1}}"
+: "${VAE_WORKERS:=${WEB_CONCURRENCY:-$cpus}}"
 WEB_CONCURRENCY=$VAE_WORKERS
 if [ -z "${VAE_INTRA_OP_THREADS:-}" ]; then
     VAE_INTRA_OP_THREADS=$((cpus / VAE_WORKERS))
