@@ -12,10 +12,11 @@ disguise, so the decoder can be exported as Conv layers computing the same funct
   column) are four small Convs on the input (1x1, 1x2, 2x1 and 2x2 taps of the kernel: the same
   9 multiply-adds per output pixel), interleaved by a pixel shuffle (ONNX DepthToSpace).
 
-This script builds that "conv form" from the VAE's weights (the training checkpoint, or the
-untrained model), checks it against the exported decoder to 1e-4, and times both at batch 1 and
-16 with the service's session settings. It changes nothing that is served: it measures what
-exporting the decoder this way (training/export.py) would give.
+This script builds these forms from the VAE's weights (the training checkpoint, or the
+untrained model), checks them against the all-ConvTranspose decoder to 1e-4, and times them at
+batch 1 and 16 with the service's session settings. `vae-export` writes the form that wins here
+(training/export.py: `conv_form_decoder`, stride-1 layers as Conv); the others are the evidence
+for stopping there.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import numpy as np
 
 from bench.common import baseline_run, warn_if_busy, write_result
 
-EXPORTED = "ConvTranspose (as exported)"
+EXPORTED = "all ConvTranspose (the book's layers)"
 
 
 def conv_form(decoder, strided: bool = True, last: bool = False):
@@ -45,17 +46,7 @@ def conv_form(decoder, strided: bool = True, last: bool = False):
     import torch.nn.functional as F
     from torch import nn
 
-    class Stride1(nn.Module):
-        def __init__(self, t: nn.ConvTranspose2d):
-            super().__init__()
-            k, p = t.kernel_size[0], t.padding[0]
-            self.conv = nn.Conv2d(t.in_channels, t.out_channels, k, padding=k - 1 - p)
-            with torch.no_grad():
-                self.conv.weight.copy_(t.weight.permute(1, 0, 2, 3).flip(2, 3))
-                self.conv.bias.copy_(t.bias)
-
-        def forward(self, x):
-            return self.conv(x)
+    from training.export import as_conv
 
     class Stride2(nn.Module):
         """ConvTranspose2d(k=3, stride=2, padding=1, output_padding=1) as 4 phase convs."""
@@ -115,7 +106,7 @@ def conv_form(decoder, strided: bool = True, last: bool = False):
                 ):
                     layers.append(layer)
                 elif layer.stride == (1, 1):
-                    layers.append(Stride1(layer))
+                    layers.append(as_conv(layer))
                 else:
                     layers.append(Stride2(layer) if strided else layer)
             self.conv = nn.Sequential(*layers)
@@ -177,7 +168,7 @@ def run(seconds: float = 1.0, out_dir: Path | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-decoder-") as tmp:
         forms = {
             EXPORTED: model.decoder,
-            "stride-1 layers as Conv": conv_form(model.decoder, strided=False),
+            "stride-1 layers as Conv (as exported)": conv_form(model.decoder, strided=False),
             "+ stride-2 as 4 phase Convs": conv_form(model.decoder, strided=True),
             "+ 1-channel output as Conv": conv_form(model.decoder, strided=True, last=True),
         }

@@ -425,10 +425,10 @@ def markdown(run_data: dict, command: str) -> str:
         for form in dict.fromkeys(x["form"] for x in d["rows"])
     ]
     parts.append(
-        "### The decoder without ConvTranspose (bench/decoder_forms.py, an experiment)\n\n"
-        f"The same decoder ({d['weights']}) exported with its ConvTranspose layers rewritten as "
+        "### The decoder without ConvTranspose (bench/decoder_forms.py)\n\n"
+        f"The same decoder ({d['weights']}) with its ConvTranspose layers rewritten as "
         f"Conv layers (identical outputs: largest difference {d['max_abs_difference']:.0e}), "
-        "one onnxruntime thread, images/s:\n\n"
+        "one onnxruntime thread, images/s. `vae-export` writes the stride-1 form:\n\n"
         + _table(["decoder graph", "batch 1", "", "batch 16", ""], rows)
     )
     if "training" in r:

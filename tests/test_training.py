@@ -10,13 +10,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 
 from training.config import ModelConfig, TrainConfig
 from training.data import DataError, load_default, load_mnist_dir, read_idx
-from training.export import ParityError, check_parity, export_model
+from training.export import ParityError, as_conv, check_parity, export_model
 from training.losses import kl_divergence
 from training.model import build_model
 from training.train import random_affine, train
@@ -294,6 +295,15 @@ def test_resume_without_a_run_folder_is_a_clear_error(tmp_path):
 # --- export -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("kernel", "padding"), [(3, 1), (5, 2), (3, 0), (4, 1)])
+def test_stride_1_transposed_conv_as_conv_is_the_same_function(kernel, padding):
+    torch.manual_seed(0)
+    transposed = torch.nn.ConvTranspose2d(6, 5, kernel, padding=padding)
+    x = torch.randn(3, 6, 9, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(as_conv(transposed)(x), transposed(x), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("kind", ["vae", "ae"])
 def test_export_parity_at_batch_1_and_64(tmp_path, kind):
     torch.manual_seed(0)
@@ -323,6 +333,9 @@ def test_export_parity_at_batch_1_and_64(tmp_path, kind):
         assert image.shape == (batch, 1, 28, 28)
         with torch.no_grad():
             np.testing.assert_allclose(image, model.decode(expected[0]).numpy(), atol=1e-4)
+    # The stride-1 transposed convs are exported as Conv, the stride-2 ones as they are.
+    ops = [node.op_type for node in onnx.load(str(tmp_path / kind / "decoder.onnx")).graph.node]
+    assert ops.count("Conv") == 1 and ops.count("ConvTranspose") == 3
     on_disk = json.loads((tmp_path / kind / "metadata.json").read_text())
     import hashlib
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import datetime as dt
 import hashlib
 import json
@@ -57,10 +58,53 @@ class _EncoderGraph(nn.Module):
 class _DecoderGraph(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.model = model
+        self.decoder = conv_form_decoder(model.decoder)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.model.decode(z)
+        return self.decoder(z)
+
+
+def as_conv(layer: nn.ConvTranspose2d) -> nn.Conv2d:
+    """The Conv2d computing exactly what a stride-1 ConvTranspose2d computes: the same kernel
+    flipped, in and out channels swapped, padding k - 1 - p."""
+    assert layer.stride == (1, 1) and layer.dilation == (1, 1) and layer.groups == 1
+    assert layer.output_padding == (0, 0)
+    (kh, kw), (ph, pw) = layer.kernel_size, layer.padding
+    conv = nn.Conv2d(
+        layer.in_channels,
+        layer.out_channels,
+        (kh, kw),
+        padding=(kh - 1 - ph, kw - 1 - pw),
+        bias=layer.bias is not None,
+    )
+    with torch.no_grad():
+        conv.weight.copy_(layer.weight.transpose(0, 1).flip(2, 3))
+        if layer.bias is not None:
+            conv.bias.copy_(layer.bias)
+    return conv
+
+
+def conv_form_decoder(decoder: nn.Module) -> nn.Module:
+    """A copy of `decoder` for export, its stride-1 transposed convolutions written as Conv.
+
+    Same function (checked by the export's parity test), faster graph: onnxruntime runs Conv
+    with fused activations in blocked NCHWc kernels, ConvTranspose as a GEMM plus col2im
+    (bench/decoder_forms.py: 1.2x on the whole decoder at batch 16). Kept as they are: the
+    stride-2 layers (as phase convolutions they need an interleave that costs more than it
+    saves) and 1-channel outputs (a 1-channel Conv fills one of NCHWc's 16-channel blocks).
+    """
+    converted = copy.deepcopy(decoder)
+    for name, layer in converted.conv.named_children():
+        if (
+            isinstance(layer, nn.ConvTranspose2d)
+            and layer.stride == (1, 1)
+            and layer.out_channels > 1
+            and layer.output_padding == (0, 0)
+            and layer.dilation == (1, 1)
+            and layer.groups == 1
+        ):
+            setattr(converted.conv, name, as_conv(layer))
+    return converted.eval()
 
 
 def output_names(kind: str) -> list[str]:
