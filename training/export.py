@@ -207,12 +207,15 @@ def export_model(
         for path in (encoder_path, decoder_path):
             path.replace(out_dir / path.name)
     encoder_sha = sha256_of(out_dir / ENCODER_FILE)
+    decoder_sha = sha256_of(out_dir / DECODER_FILE)
+    # The version names both graphs: a re-export that changes either one gets a new version.
+    graphs_sha = hashlib.sha256(f"{encoder_sha}{decoder_sha}".encode()).hexdigest()
     now = dt.datetime.now(dt.UTC)
     metadata = {
         "format": FORMAT,
         "name": name or out_dir.name,
         "kind": kind,
-        "version": f"{name or out_dir.name}-{now:%Y%m%d}-{encoder_sha[:8]}",
+        "version": f"{name or out_dir.name}-{now:%Y%m%d}-{graphs_sha[:8]}",
         "created": now.isoformat(timespec="seconds"),
         "z_dim": config.model.z_dim,
         "input": {"shape": [channels, height, width], **PIXEL_CONVENTION},
@@ -224,7 +227,7 @@ def export_model(
         },
         "decoder": {
             "file": DECODER_FILE,
-            "sha256": sha256_of(out_dir / DECODER_FILE),
+            "sha256": decoder_sha,
             "input": "z",
             "output": "image",
         },
