@@ -17,11 +17,12 @@ from torch import nn
 from tqdm import tqdm
 
 from training.data import Digits
-from training.train import random_shift
+from training.train import random_affine
 
 FEATURE_DIM = 128
 # Bump when the judge's architecture or recipe changes, so cached judges are not reused.
-JUDGE_VERSION = 2
+JUDGE_VERSION = 3
+JUDGE_EPOCHS = 40
 
 
 class DigitClassifier(nn.Module):
@@ -66,12 +67,14 @@ def load_or_train_classifier(
 
 
 def train_classifier(
-    digits: Digits, epochs: int = 12, seed: int = 0, progress: bool = True
+    digits: Digits, epochs: int = JUDGE_EPOCHS, seed: int = 0, progress: bool = True
 ) -> DigitClassifier:
-    """Train on `digits` with small random shifts; deterministic for a given seed.
+    """Train on `digits` with random rotations, zooms and shifts; deterministic for a seed.
 
-    On the 4,500 default training images this reaches about 97.6% on the MNIST test set, with
-    91% of the test images classified at probability >= 0.9 (the judge's own ceiling).
+    On the 4,500 default training images this reaches 98.7% on the MNIST test set (98.6% on
+    the 500 held-out images, which chose the recipe), with 96.7% of the test images classified
+    at probability >= 0.9: the judge's own ceiling. The earlier recipe (12 epochs, shifts only)
+    reached 97.6% and 91%: an under-confident judge understates every model's samples.
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -81,11 +84,12 @@ def train_classifier(
     model.train()
     for epoch in tqdm(range(epochs), desc="classifier", disable=not progress, file=sys.stderr):
         for group in optimizer.param_groups:
-            group["lr"] = 1e-3 * 0.85**epoch
+            # Whatever the epoch count, the rate falls to 0.85**12 (14%) of its start.
+            group["lr"] = 1e-3 * 0.85 ** (epoch * 12 / epochs)
         order = torch.randperm(len(images), generator=generator)
         for start in range(0, len(images), 64):
             index = order[start : start + 64]
-            x = random_shift(images[index], 2, generator)
+            x = random_affine(images[index], 12, 0.12, 2, generator)
             loss = F.cross_entropy(model(x), labels[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

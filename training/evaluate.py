@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from training.classifier import JUDGE_EPOCHS
 from training.config import TrainConfig
 from training.data import Digits, load_mnist_dir, load_training_data, split_train_val
 from training.export import read_metadata, write_metadata
@@ -66,7 +67,7 @@ def held_out_set(config: TrainConfig, data_dir: str | None) -> Digits:
 def evaluate(
     model_dir: Path,
     data_dir: str | None,
-    classifier_epochs: int = 12,
+    classifier_epochs: int = JUDGE_EPOCHS,
     samples: int = 10_000,
     seed: int = 0,
     figures: bool = True,
@@ -202,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         help="folder with the MNIST test IDX files (t10k-*); default: the model's own "
         "validation split",
     )
-    p.add_argument("--classifier-epochs", type=int, default=12, help="epochs of the judge")
+    p.add_argument(
+        "--classifier-epochs", type=int, default=JUDGE_EPOCHS, help="epochs of the judge"
+    )
     p.add_argument("--samples", type=int, default=10_000, help="random latent points to judge")
     p.add_argument("--seed", type=int, default=0, help="seed for the judge and the samples")
     p.add_argument(

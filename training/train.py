@@ -272,8 +272,13 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, progress: bo
             f"done: {config.model.kind}, {config.epochs} epochs in {elapsed:.0f}s; "
             f"val per-pixel MSE (decoding the mean) {record['val_mse_mu']:.4f}"
             + (f", val KL {record['val_kl']:.2f}" if config.model.kind == "vae" else "")
-            + f"; checkpoint {run_dir / CHECKPOINT}; lowest val loss {best_loss:.4f} at epoch "
-            f"{best_at} in {run_dir / BEST_CHECKPOINT}",
+            + f"; checkpoint {run_dir / CHECKPOINT}"
+            + (
+                f"; lowest val loss {best_loss:.4f} at epoch {best_at} in "
+                f"{run_dir / BEST_CHECKPOINT}"
+                if (run_dir / BEST_CHECKPOINT).exists()
+                else ""  # a run resumed from before best.pt existed
+            ),
             file=sys.stderr,
         )
     return record
