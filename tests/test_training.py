@@ -376,7 +376,7 @@ def test_export_and_evaluate_cli(tmp_path, idx_dir):
     cache = tmp_path / "judges"
     evaluate_args = ("vae-evaluate", str(model_dir), "--data-dir", str(idx_dir),
                      "--classifier-epochs", "1", "--samples", "500", "--no-progress",
-                     "--judge-cache", str(cache))  # fmt: skip
+                     "--threads", "1", "--judge-cache", str(cache))  # fmt: skip
     result = run_cli(*evaluate_args)
     assert result.returncode == 0, result.stderr
     judges = list(cache.glob("judge-*.pt"))

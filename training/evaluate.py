@@ -216,9 +216,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--no-judge-cache", action="store_true", help="always train the judge anew")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads for the judge (1 beside other CPU work: oversubscribed "
+        "threads made training the judge ~7x slower here)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     from training.data import DataError
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     try:
         result = evaluate(
