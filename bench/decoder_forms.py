@@ -38,10 +38,11 @@ from bench.common import baseline_run, warn_if_busy, write_result
 EXPORTED = "all ConvTranspose (the book's layers)"
 
 
-def conv_form(decoder, strided: bool = True, last: bool = False):
+def conv_form(decoder, last: bool = False):
     """A torch module computing `decoder` (training.model.Decoder) with its ConvTranspose layers
-    as Conv: the stride-1 ones always, the stride-2 ones if `strided`, the 1-channel output
-    layer only if `last` (a 1-channel Conv fills 1 of onnxruntime's 16-channel blocks)."""
+    as Conv: the stride-1 and stride-2 ones, and the 1-channel output layer only if `last` (a
+    1-channel Conv fills 1 of onnxruntime's 16-channel blocks). The exported form, stride-1
+    layers only, is training.export.conv_form_decoder."""
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -108,7 +109,7 @@ def conv_form(decoder, strided: bool = True, last: bool = False):
                 elif layer.stride == (1, 1):
                     layers.append(as_conv(layer))
                 else:
-                    layers.append(Stride2(layer) if strided else layer)
+                    layers.append(Stride2(layer))
             self.conv = nn.Sequential(*layers)
 
         def forward(self, z):
@@ -152,6 +153,7 @@ def run(seconds: float = 1.0, out_dir: Path | None = None) -> dict:
 
     from service.models import session_options
     from training.config import ModelConfig
+    from training.export import conv_form_decoder
     from training.model import build_model
     from training.train import load_trained_model
 
@@ -168,9 +170,9 @@ def run(seconds: float = 1.0, out_dir: Path | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-decoder-") as tmp:
         forms = {
             EXPORTED: model.decoder,
-            "stride-1 layers as Conv (as exported)": conv_form(model.decoder, strided=False),
-            "+ stride-2 as 4 phase Convs": conv_form(model.decoder, strided=True),
-            "+ 1-channel output as Conv": conv_form(model.decoder, strided=True, last=True),
+            "stride-1 layers as Conv (as exported)": conv_form_decoder(model.decoder),
+            "+ stride-2 as 4 phase Convs": conv_form(model.decoder),
+            "+ 1-channel output as Conv": conv_form(model.decoder, last=True),
         }
         paths = {name: Path(tmp) / f"decoder{i}.onnx" for i, name in enumerate(forms)}
         for name, module in forms.items():

@@ -95,13 +95,12 @@ def conv_form_decoder(decoder: nn.Module) -> nn.Module:
     """
     converted = copy.deepcopy(decoder)
     for name, layer in converted.conv.named_children():
+        # The model's transposed convs have no dilation, groups or stride-1 output padding;
+        # as_conv asserts as much.
         if (
             isinstance(layer, nn.ConvTranspose2d)
             and layer.stride == (1, 1)
             and layer.out_channels > 1
-            and layer.output_padding == (0, 0)
-            and layer.dilation == (1, 1)
-            and layer.groups == 1
         ):
             setattr(converted.conv, name, as_conv(layer))
     return converted.eval()

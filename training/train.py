@@ -90,6 +90,8 @@ def augment(x: torch.Tensor, config: TrainConfig, generator: torch.Generator) ->
             x, config.augment_rotation, config.augment_scale, config.augment_shift, generator
         )
     if config.augment_shift:
+        # Shifts alone stay whole-pixel moves: no resampling blur, and run folders made before
+        # the affine option resume exactly as they were trained.
         return random_shift(x, config.augment_shift, generator)
     return x
 
