@@ -34,11 +34,16 @@ NETWORK_WORDS = (
 def run(service: str) -> tuple[str, str]:
     """('vulnerable' | 'clean' | 'unreachable', message)."""
     command = [
-        sys.executable, "-m", "pip_audit",
-        "--format", "json",
-        "--progress-spinner", "off",
+        sys.executable,
+        "-m",
+        "pip_audit",
+        "--format",
+        "json",
+        "--progress-spinner",
+        "off",
         "--skip-editable",
-        "--vulnerability-service", service,
+        "--vulnerability-service",
+        service,
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     try:
@@ -55,15 +60,19 @@ def run(service: str) -> tuple[str, str]:
     if vulnerable:
         lines = [
             f"{d['name']} {d['version']}: "
-            + ", ".join(f"{v['id']} (fixed in {', '.join(v.get('fix_versions') or ['?'])})"
-                        for v in d["vulns"])
+            + ", ".join(
+                f"{v['id']} (fixed in {', '.join(v.get('fix_versions') or ['?'])})"
+                for v in d["vulns"]
+            )
             for d in vulnerable
         ]
         return "vulnerable", "\n".join(lines)
     if not audited:
         reasons = {d.get("skip_reason", "") for d in dependencies}
-        return "unreachable", f"no package could be looked up ({len(dependencies)} skipped: " \
-            f"{sorted(reasons)[:1]})"
+        return (
+            "unreachable",
+            f"no package could be looked up ({len(dependencies)} skipped: {sorted(reasons)[:1]})",
+        )
     return "clean", f"{len(audited)} packages audited with {service}, no known vulnerabilities"
 
 

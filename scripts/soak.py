@@ -136,13 +136,25 @@ def traffic() -> list[tuple[str, str, dict, str]]:
         ("POST", "/encode", {"files": {"file": ("n.png", noise[:300])}}),  # 400
         ("POST", "/encode", {"content": bomb(30_000, 30_000), **raw}),  # 413
         ("POST", "/encode", {"content": png(np.zeros((40, 40), np.uint8)), **raw}),  # 422
-        ("POST", "/decode", {"content": b'{"z": [[NaN, 0]]}',
-                             "headers": {"content-type": "application/json"}}),  # 422
-        ("POST", "/decode", {"content": b'{"z": ' + b"[" * 5000 + b"]" * 5000 + b"}",
-                             "headers": {"content-type": "application/json"}}),  # 422
+        (
+            "POST",
+            "/decode",
+            {"content": b'{"z": [[NaN, 0]]}', "headers": {"content-type": "application/json"}},
+        ),  # 422
+        (
+            "POST",
+            "/decode",
+            {
+                "content": b'{"z": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+                "headers": {"content-type": "application/json"},
+            },
+        ),  # 422
         ("GET", "/sample?n=0&temperature=inf", {}),  # 422
-        ("POST", "/encode", {"content": b"--x\r\n", "headers": {
-            "content-type": "multipart/form-data; boundary=x"}}),  # 400/422
+        (
+            "POST",
+            "/encode",
+            {"content": b"--x\r\n", "headers": {"content-type": "multipart/form-data; boundary=x"}},
+        ),  # 400/422
         ("GET", "/models/../../etc/passwd", {}),  # 404
     ]
     return [(m, p, k, "good") for m, p, k in good] + [(m, p, k, "bad") for m, p, k in bad]

@@ -77,8 +77,7 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
             super().send_400_response(msg)
             return
         body = (
-            f'{{"detail":"request line and headers are over the limit of {self._max_head} '
-            'bytes"}'
+            f'{{"detail":"request line and headers are over the limit of {self._max_head} bytes"}}'
         ).encode("ascii")
         head = [b"HTTP/1.1 431 Request Header Fields Too Large\r\n"]
         for name, value in self.server_state.default_headers:

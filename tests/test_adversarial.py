@@ -22,7 +22,7 @@ from conftest import digit_array, make_client, png_bytes
 from PIL import Image
 
 # Words that would mean an internal detail leaked into a response.
-LEAKS = ("Traceback", "site-packages", "/work/", "/usr/", '.py"', ".py:", " at 0x", "File \"")
+LEAKS = ("Traceback", "site-packages", "/work/", "/usr/", '.py"', ".py:", " at 0x", 'File "')
 
 
 @dataclass
@@ -94,13 +94,21 @@ def bad_images() -> Iterator[tuple[str, bytes, tuple[int, ...]]]:
     yield "bomb-png-100k", _png_header(100_000, 100_000), (413,)
     yield "bomb-png-wide", _png_header(2**31 - 1, 1), (400, 413)
     yield "bomb-png-16bit", _png_header(20_000, 20_000, depth=16), (413,)
-    yield "bomb-gif", b"GIF89a" + struct.pack("<HH", 65535, 65535) + b"\x00\x00\x00" + b";", (
-        400,
-        413,
+    yield (
+        "bomb-gif",
+        b"GIF89a" + struct.pack("<HH", 65535, 65535) + b"\x00\x00\x00" + b";",
+        (
+            400,
+            413,
+        ),
     )
-    yield "bomb-bmp", b"BM" + struct.pack("<IHHI", 0, 0, 0, 54) + struct.pack(
-        "<IiiHHIIiiII", 40, 50_000, 50_000, 1, 24, 0, 0, 0, 0, 0, 0
-    ), (400, 413)
+    yield (
+        "bomb-bmp",
+        b"BM"
+        + struct.pack("<IHHI", 0, 0, 0, 54)
+        + struct.pack("<IiiHHIIiiII", 40, 50_000, 50_000, 1, 24, 0, 0, 0, 0, 0, 0),
+        (400, 413),
+    )
     yield "bomb-tiff", _tiff_header(60_000, 60_000), (400, 413)
     yield "blank-white", png_bytes(np.full((40, 40), 255, np.uint8)), (422,)
     yield "blank-black", png_bytes(np.zeros((40, 40), np.uint8)), (422,)
@@ -115,22 +123,41 @@ def bad_images() -> Iterator[tuple[str, bytes, tuple[int, ...]]]:
 
 def _tiff_header(width: int, height: int) -> bytes:
     entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (262, 3, 1, 1)]
-    ifd = struct.pack("<H", len(entries)) + b"".join(
-        struct.pack("<HHII", tag, kind, count, value) for tag, kind, count, value in entries
-    ) + b"\x00\x00\x00\x00"
+    ifd = (
+        struct.pack("<H", len(entries))
+        + b"".join(
+            struct.pack("<HHII", tag, kind, count, value) for tag, kind, count, value in entries
+        )
+        + b"\x00\x00\x00\x00"
+    )
     return b"II*\x00" + struct.pack("<I", 8) + ifd
 
 
 def image_cases() -> Iterator[Case]:
     for name, data, statuses in bad_images():
-        yield Case(f"raw-encode-{name}", "POST", "/encode", {
-            "content": data, "headers": {"content-type": "image/png"}}, statuses)
-        yield Case(f"multipart-reconstruct-{name}", "POST", "/reconstruct?format=json", {
-            "files": {"file": ("digit.png", data, "image/png")}}, statuses)
+        yield Case(
+            f"raw-encode-{name}",
+            "POST",
+            "/encode",
+            {"content": data, "headers": {"content-type": "image/png"}},
+            statuses,
+        )
+        yield Case(
+            f"multipart-reconstruct-{name}",
+            "POST",
+            "/reconstruct?format=json",
+            {"files": {"file": ("digit.png", data, "image/png")}},
+            statuses,
+        )
         if data:
             good = png_bytes(digit_array())
-            yield Case(f"batch-{name}", "POST", "/encode/batch", {
-                "files": [("files", ("a.png", good)), ("files", ("b.png", data))]}, statuses)
+            yield Case(
+                f"batch-{name}",
+                "POST",
+                "/encode/batch",
+                {"files": [("files", ("a.png", good)), ("files", ("b.png", data))]},
+                statuses,
+            )
 
 
 def multipart(parts: list[bytes], boundary: bytes = b"xyz", closed: bool = True) -> bytes:
@@ -140,8 +167,13 @@ def multipart(parts: list[bytes], boundary: bytes = b"xyz", closed: bool = True)
 
 def file_part(name: bytes = b"file", data: bytes = b"", filename: bytes = b"d.png") -> bytes:
     return (
-        b'Content-Disposition: form-data; name="' + name + b'"; filename="' + filename + b'"'
-        + b"\r\nContent-Type: image/png\r\n\r\n" + data
+        b'Content-Disposition: form-data; name="'
+        + name
+        + b'"; filename="'
+        + filename
+        + b'"'
+        + b"\r\nContent-Type: image/png\r\n\r\n"
+        + data
     )
 
 
@@ -153,17 +185,30 @@ def multipart_cases() -> Iterator[Case]:
     digit = png_bytes(digit_array())
     ctype = "multipart/form-data; boundary=xyz"
 
-    def case(name: str, body: bytes, content_type: str = ctype, path: str = "/encode",
-             statuses: tuple[int, ...] = ()) -> Case:
-        return Case(f"multipart-{name}", "POST", path, {
-            "content": body, "headers": {"content-type": content_type}}, statuses)
+    def case(
+        name: str,
+        body: bytes,
+        content_type: str = ctype,
+        path: str = "/encode",
+        statuses: tuple[int, ...] = (),
+    ) -> Case:
+        return Case(
+            f"multipart-{name}",
+            "POST",
+            path,
+            {"content": body, "headers": {"content-type": content_type}},
+            statuses,
+        )
 
     yield case("no-boundary", multipart([file_part(data=digit)]), "multipart/form-data")
     one = multipart([file_part(data=digit)])
     yield case("wrong-boundary", one, "multipart/form-data; boundary=abc")
     yield case("empty-boundary", one, "multipart/form-data; boundary=")
-    yield case("huge-boundary", multipart([file_part(data=digit)]),
-               "multipart/form-data; boundary=" + "b" * 5000)
+    yield case(
+        "huge-boundary",
+        multipart([file_part(data=digit)]),
+        "multipart/form-data; boundary=" + "b" * 5000,
+    )
     yield case("unclosed", multipart([file_part(data=digit[:40])], closed=False))
     yield case("garbage", b"\x00\xff" * 500)
     yield case("only-closing", b"--xyz--\r\n")
@@ -178,34 +223,82 @@ def multipart_cases() -> Iterator[Case]:
     yield case("big-text-field", multipart([text_part(b"note", b"x" * 10_000)]))
     yield case("header-no-colon", multipart([b"Content-Disposition form-data\r\n\r\n" + digit]))
     yield case("header-binary", multipart([b"\x00\x01\x02: \xff\r\n\r\n" + digit]))
-    yield case("many-part-headers", multipart(
-        [b"".join(b"X-H%d: v\r\n" % i for i in range(2000)) + file_part(data=digit)]))
+    yield case(
+        "many-part-headers",
+        multipart([b"".join(b"X-H%d: v\r\n" % i for i in range(2000)) + file_part(data=digit)]),
+    )
     yield case("lf-only", multipart([file_part(data=digit)]).replace(b"\r\n", b"\n"))
-    yield case("batch-no-files", multipart([text_part(b"files", b"x")]),
-               path="/encode/batch", statuses=(422,))
-    yield case("batch-wrong-field", multipart([file_part(b"file", digit)]),
-               path="/encode/batch", statuses=(422,))
-    yield case("batch-unclosed", multipart([file_part(b"files", digit[:50])], closed=False),
-               path="/encode/batch")
-    yield Case("multipart-batch-too-many", "POST", "/encode/batch", {
-        "content": multipart([file_part(b"files", digit)] * 5),
-        "headers": {"content-type": ctype}}, (422,), tight=True)
+    yield case(
+        "batch-no-files",
+        multipart([text_part(b"files", b"x")]),
+        path="/encode/batch",
+        statuses=(422,),
+    )
+    yield case(
+        "batch-wrong-field",
+        multipart([file_part(b"file", digit)]),
+        path="/encode/batch",
+        statuses=(422,),
+    )
+    yield case(
+        "batch-unclosed",
+        multipart([file_part(b"files", digit[:50])], closed=False),
+        path="/encode/batch",
+    )
+    yield Case(
+        "multipart-batch-too-many",
+        "POST",
+        "/encode/batch",
+        {
+            "content": multipart([file_part(b"files", digit)] * 5),
+            "headers": {"content-type": ctype},
+        },
+        (422,),
+        tight=True,
+    )
     yield case("empty-file", multipart([file_part(data=b"")]), statuses=(400,))
 
 
 def content_type_cases() -> Iterator[Case]:
     digit = png_bytes(digit_array())
-    for ctype in ("text/plain", "application/json", "application/x-www-form-urlencoded",
-                  "application/xml", "video/mp4", "multipart/mixed; boundary=x", "*/*"):
-        yield Case(f"ctype-encode-{ctype.split(';')[0]}", "POST", "/encode", {
-            "content": digit, "headers": {"content-type": ctype}}, (415, 400, 422))
-    yield Case("ctype-batch-raw-png", "POST", "/encode/batch", {
-        "content": digit, "headers": {"content-type": "image/png"}}, (415,))
-    yield Case("ctype-decode-png", "POST", "/decode", {
-        "content": digit, "headers": {"content-type": "image/png"}}, (422,))
+    for ctype in (
+        "text/plain",
+        "application/json",
+        "application/x-www-form-urlencoded",
+        "application/xml",
+        "video/mp4",
+        "multipart/mixed; boundary=x",
+        "*/*",
+    ):
+        yield Case(
+            f"ctype-encode-{ctype.split(';')[0]}",
+            "POST",
+            "/encode",
+            {"content": digit, "headers": {"content-type": ctype}},
+            (415, 400, 422),
+        )
+    yield Case(
+        "ctype-batch-raw-png",
+        "POST",
+        "/encode/batch",
+        {"content": digit, "headers": {"content-type": "image/png"}},
+        (415,),
+    )
+    yield Case(
+        "ctype-decode-png",
+        "POST",
+        "/decode",
+        {"content": digit, "headers": {"content-type": "image/png"}},
+        (422,),
+    )
     yield Case("ctype-decode-form", "POST", "/decode", {"data": {"z": "0,0"}}, (422,))
-    yield Case("ctype-decode-multipart", "POST", "/decode", {
-        "files": {"z": ("z.json", b'{"z": [[0, 0]]}')}}, (422,))
+    yield Case(
+        "ctype-decode-multipart",
+        "POST",
+        "/decode",
+        {"files": {"z": ("z.json", b'{"z": [[0, 0]]}')}},
+        (422,),
+    )
     yield Case("no-body-encode", "POST", "/encode", {}, (400,))
     yield Case("no-body-reconstruct", "POST", "/reconstruct", {}, (400,))
     yield Case("no-body-batch", "POST", "/encode/batch", {}, (400,))
@@ -227,7 +320,7 @@ def json_cases() -> Iterator[Case]:
         "too-big": '{"z": [[10000.5, 0]]}',
         "too-small": '{"z": [[0, -2e4]]}',
         "huge-int": '{"z": [[' + "9" * 5000 + ", 0]]}",
-        "long-float-overflow": '{"z": [[1' + "0" * 400 + '.0, 0]]}',
+        "long-float-overflow": '{"z": [[1' + "0" * 400 + ".0, 0]]}",
         "flat": '{"z": [0, 0]}',
         "string": '{"z": "0,0"}',
         "null": '{"z": null}',
@@ -256,19 +349,50 @@ def json_cases() -> Iterator[Case]:
         "unicode-key": '{"\\u007a": [[NaN, 0]]}',
     }
     for name, body in raw.items():
-        yield Case(f"json-{name}", "POST", "/decode", {
-            "content": body, "headers": {"content-type": "application/json"}}, (422,),
-            loc="body")
-    yield Case("json-bad-utf8", "POST", "/decode", {
-        "content": b'{"z": [[0, 0]]}\xff\xfe', "headers": {"content-type": "application/json"}},
-        (422,), loc="body")
-    yield Case("json-latin1", "POST", "/decode", {
-        "content": '{"z": [[0, 0]], "\u00e9": 1}'.encode("latin-1"),
-        "headers": {"content-type": "application/json"}}, (422,), loc="body")
-    yield Case("json-over-batch", "POST", "/decode", {"json": {"z": [[0, 0]] * 5}}, (422,),
-               loc="z", tight=True)
-    yield Case("json-over-size", "POST", "/decode", {"json": {"z": [[0.123456, 0]] * 400}},
-               (413,), tight=True)
+        yield Case(
+            f"json-{name}",
+            "POST",
+            "/decode",
+            {"content": body, "headers": {"content-type": "application/json"}},
+            (422,),
+            loc="body",
+        )
+    yield Case(
+        "json-bad-utf8",
+        "POST",
+        "/decode",
+        {"content": b'{"z": [[0, 0]]}\xff\xfe', "headers": {"content-type": "application/json"}},
+        (422,),
+        loc="body",
+    )
+    yield Case(
+        "json-latin1",
+        "POST",
+        "/decode",
+        {
+            "content": '{"z": [[0, 0]], "\u00e9": 1}'.encode("latin-1"),
+            "headers": {"content-type": "application/json"},
+        },
+        (422,),
+        loc="body",
+    )
+    yield Case(
+        "json-over-batch",
+        "POST",
+        "/decode",
+        {"json": {"z": [[0, 0]] * 5}},
+        (422,),
+        loc="z",
+        tight=True,
+    )
+    yield Case(
+        "json-over-size",
+        "POST",
+        "/decode",
+        {"json": {"z": [[0.123456, 0]] * 400}},
+        (413,),
+        tight=True,
+    )
 
 
 QUERIES = {
@@ -308,29 +432,57 @@ def query_cases() -> Iterator[Case]:
                 else:
                     method, kwargs = "POST", {"files": {"file": ("d.png", digit)}}
                 statuses = (404,) if param == "model" else (422,)
-                yield Case(f"query-{path}-{param}={value!r}", method,
-                           f"{path}?{param}={value}", kwargs, statuses,
-                           loc=None if param == "model" else param)
-    yield Case("query-ae-sample", "POST", "/reconstruct?model=ae&sample=true", {
-        "files": {"file": ("d.png", digit)}}, (422,), loc="sample")
+                yield Case(
+                    f"query-{path}-{param}={value!r}",
+                    method,
+                    f"{path}?{param}={value}",
+                    kwargs,
+                    statuses,
+                    loc=None if param == "model" else param,
+                )
+    yield Case(
+        "query-ae-sample",
+        "POST",
+        "/reconstruct?model=ae&sample=true",
+        {"files": {"file": ("d.png", digit)}},
+        (422,),
+        loc="sample",
+    )
 
 
 def route_cases() -> Iterator[Case]:
     for method, path in [
-        ("GET", "/encode"), ("PUT", "/encode"), ("DELETE", "/decode"), ("GET", "/decode"),
-        ("POST", "/sample"), ("PATCH", "/reconstruct"), ("POST", "/models"),
-        ("DELETE", "/models/vae"), ("POST", "/healthz"), ("PUT", "/metrics"),
+        ("GET", "/encode"),
+        ("PUT", "/encode"),
+        ("DELETE", "/decode"),
+        ("GET", "/decode"),
+        ("POST", "/sample"),
+        ("PATCH", "/reconstruct"),
+        ("POST", "/models"),
+        ("DELETE", "/models/vae"),
+        ("POST", "/healthz"),
+        ("PUT", "/metrics"),
     ]:
         yield Case(f"method-{method}-{path}", method, path, {}, (405,))
     for path in [
-        "/nope", "/encode/", "/models/nope", "/models/nope/latent-points",
-        "/models/nope/figures/training_curves.png", "/models/vae/figures/metadata.json",
-        "/models/vae/figures/encoder.onnx", "/models/vae/figures/..%2Fmetadata.json",
+        "/nope",
+        "/encode/",
+        "/models/nope",
+        "/models/nope/latent-points",
+        "/models/nope/figures/training_curves.png",
+        "/models/vae/figures/metadata.json",
+        "/models/vae/figures/encoder.onnx",
+        "/models/vae/figures/..%2Fmetadata.json",
         "/models/vae/figures/%2e%2e%2f%2e%2e%2fpyproject.toml",
-        "/models/vae/figures/.hidden", "/models/..%2F..%2Fetc/latent-points",
-        "/static/../service/app.py", "/static/..%2f..%2fpyproject.toml",
-        "/static/%2e%2e/%2e%2e/README.md", "/static/nope.js", "/models/%00",
-        "/" + "a" * 2000, "/models/vae/figures/" + "x" * 300,
+        "/models/vae/figures/.hidden",
+        "/models/..%2F..%2Fetc/latent-points",
+        "/static/../service/app.py",
+        "/static/..%2f..%2fpyproject.toml",
+        "/static/%2e%2e/%2e%2e/README.md",
+        "/static/nope.js",
+        "/models/%00",
+        "/" + "a" * 2000,
+        "/models/vae/figures/" + "x" * 300,
     ]:
         yield Case(f"path-{path[:60]}", "GET", path, {}, (404, 405))
 
@@ -369,8 +521,16 @@ def adversarial_client(model_dir):
 def test_the_corpus_is_big_and_covers_every_endpoint() -> None:
     assert len(CORPUS) >= 200, len(CORPUS)
     paths = {case.path.split("?")[0] for case in CORPUS}
-    for endpoint in ("/encode", "/encode/batch", "/decode", "/sample", "/reconstruct",
-                     "/models/nope", "/healthz", "/metrics"):
+    for endpoint in (
+        "/encode",
+        "/encode/batch",
+        "/decode",
+        "/sample",
+        "/reconstruct",
+        "/models/nope",
+        "/healthz",
+        "/metrics",
+    ):
         assert endpoint in paths, endpoint
 
 

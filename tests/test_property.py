@@ -119,8 +119,10 @@ JSON = st.recursive(
     | st.integers(-(10**30), 10**30)
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=10),
-    lambda children: st.lists(children, max_size=6)
-    | st.dictionaries(st.sampled_from(["z", "y", "model", ""]), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=6)
+        | st.dictionaries(st.sampled_from(["z", "y", "model", ""]), children, max_size=3)
+    ),
     max_leaves=30,
 )
 
@@ -133,8 +135,11 @@ def test_random_json_for_decode_is_never_a_5xx(client, body) -> None:
     raw = json.dumps(body, allow_nan=True)  # NaN and Infinity on the wire, as a client might
     r = client.post("/decode", content=raw, headers={"content-type": "application/json"})
     assert_not_5xx(r)
-    r = client.post("/decode", content=json.dumps({"z": body}, allow_nan=True),
-                    headers={"content-type": "application/json"})
+    r = client.post(
+        "/decode",
+        content=json.dumps({"z": body}, allow_nan=True),
+        headers={"content-type": "application/json"},
+    )
     assert_not_5xx(r)
 
 

@@ -140,9 +140,7 @@ def wait_until(predicate, timeout: float = 10.0, step: float = 0.05) -> bool:
 
 def metric(server: Server, name: str) -> float:
     text = httpx.get(server.base + "/metrics", timeout=5).text
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)
-    )
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
 # --- bodies ----------------------------------------------------------------------------------
@@ -268,7 +266,7 @@ def test_spooled_uploads_leave_nothing_behind(server, tmp_path_factory) -> None:
             with contextlib.suppress(httpx.TransportError):  # a 413, or a reset while sending
                 assert client.post("/encode", files=over).status_code == 413
             broken = (
-                b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\n"
+                b'--b\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\n'
                 + big_tail
             )  # never closed
             r = client.post(
@@ -398,8 +396,9 @@ def test_answers_under_load_equal_sequential_answers(server, digit_png) -> None:
         sequential = {i: digest(client, i)[1:] for i in range(len(requests))}
     assert {status for status, _ in sequential.values()} == {200}
     with (
-        httpx.Client(base_url=server.base, timeout=60, limits=httpx.Limits(max_connections=32))
-        as client,
+        httpx.Client(
+            base_url=server.base, timeout=60, limits=httpx.Limits(max_connections=32)
+        ) as client,
         ThreadPoolExecutor(32) as pool,
     ):
         loaded = list(pool.map(lambda i: digest(client, i), range(4 * len(requests))))
@@ -450,9 +449,7 @@ def test_sigterm_drains_requests_in_flight_then_exits_0(model_dir, tmp_path, dig
 def test_sigterm_with_a_stuck_request_still_exits_in_bounded_time(
     model_dir, tmp_path, digit_png
 ) -> None:
-    with running_server(
-        model_dir, tmp_path, VAE_GRACEFUL_TIMEOUT="1", VAE_BODY_TIMEOUT="600"
-    ) as s:
+    with running_server(model_dir, tmp_path, VAE_GRACEFUL_TIMEOUT="1", VAE_BODY_TIMEOUT="600") as s:
         stuck = start_upload(s, digit_png, sent=10)
         time.sleep(0.2)
         signalled = time.monotonic()
@@ -525,8 +522,11 @@ def test_memory_is_flat_over_mixed_good_and_bad_traffic(server, digit_png) -> No
         ("POST", "/encode", {"files": {"file": ("d", digit_png[:100])}}),  # 400
         ("POST", "/encode", {"files": {"file": ("d", bad_gif.getvalue()[:150])}}),  # 400
         ("POST", "/encode", {"content": b"<svg/>", "headers": {"content-type": "image/png"}}),
-        ("POST", "/decode", {"content": b'{"z": [[NaN, 0]]}',
-                             "headers": {"content-type": "application/json"}}),  # 422
+        (
+            "POST",
+            "/decode",
+            {"content": b'{"z": [[NaN, 0]]}', "headers": {"content-type": "application/json"}},
+        ),  # 422
         ("GET", "/sample?n=0", {}),  # 422
         ("GET", "/nope", {}),  # 404
     ]
