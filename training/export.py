@@ -281,10 +281,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vae-export: {exc}", file=sys.stderr)
         return 2
     data = load_training_data(config.data_dir, config.limit)
-    train_set, val_set = split_train_val(data, config.val_size)
+    train_set, val_set = split_train_val(data, config.held_out)
     metrics = [json.loads(line) for line in (args.run_dir / METRICS).read_text().splitlines()]
     summary = {
         "data": data.source,
+        # name, count, sha256 of each file and whether it is the official MNIST file
+        "dataset": data.provenance,
         "train_images": len(train_set),
         "val_images": len(val_set),
         "epochs": epochs,

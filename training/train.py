@@ -23,6 +23,8 @@ CHECKPOINT = "checkpoint.pt"
 BEST_CHECKPOINT = "best.pt"
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
+# What the run trained on (name, count, sha256 of the files): exports copy it to metadata.
+DATA = "data.json"
 
 
 @dataclass
@@ -214,7 +216,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, progress: bo
         torch.set_num_threads(config.threads)
     torch.use_deterministic_algorithms(True)
     data = load_training_data(config.data_dir, config.limit)
-    train_set, val_set = split_train_val(data, config.val_size)
+    train_set, val_set = split_train_val(data, config.held_out)
 
     torch.manual_seed(config.seed)
     model = build_model(config.model)
@@ -230,6 +232,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, progress: bo
         (run_dir / BEST_CHECKPOINT).unlink(missing_ok=True)
         (run_dir / METRICS).unlink(missing_ok=True)
     config.save(run_dir / CONFIG)
+    (run_dir / DATA).write_text(json.dumps(data.provenance, indent=2) + "\n")
     print(
         f"training {config.model.kind} on {len(train_set)} images "
         f"({len(val_set)} held out) from {data.source}; epochs {start_epoch + 1}..{config.epochs}"
@@ -327,7 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=int, default=None, help="train on the first N images only")
     p.add_argument(
-        "--val-size", type=int, default=defaults.val_size, help="images held out for validation"
+        "--val-size",
+        type=int,
+        default=None,
+        help="images held out for validation (default: 500 of the subset, 5,000 of --data-dir)",
     )
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="batch size")
     p.add_argument("--lr", type=float, default=defaults.learning_rate, help="Adam learning rate")
