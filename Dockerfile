@@ -3,32 +3,29 @@
 #   docker build -t vae-service .
 #   docker run -p 8000:8000 vae-service
 #
-# Stages: `requirements` reads pyproject's core dependencies (the serving set: no torch), `build`
-# installs them into /opt/venv, and the runtime stage is python:3.11-slim plus that venv,
-# service/, models/ and the entrypoint only.
+# Stages: `build` installs the serving dependencies into /opt/venv, exactly as pinned in
+# requirements/serve.lock, and the runtime stage is python:3.11-slim plus that venv, service/,
+# models/ and the entrypoint only.
 # No compilers, no pip cache, no build tools, no tests in the result. See README.md, "Container".
 
 ARG PYTHON_IMAGE=python:3.11-slim
-
-# The serving set is pyproject's core `dependencies`, read with tomllib. In a stage of its own,
-# so the install below is keyed on requirements.txt alone: editing other parts of pyproject.toml,
-# service/ or models/ reuses the cached install.
-FROM ${PYTHON_IMAGE} AS requirements
-COPY pyproject.toml /tmp/pyproject.toml
-RUN python -c "import tomllib; \
-deps = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']; \
-open('/tmp/requirements.txt', 'w').write('\n'.join(deps) + '\n')"
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
-COPY --from=requirements /tmp/requirements.txt /tmp/requirements.txt
+# requirements/serve.lock: pyproject's core dependencies (the serving set: no torch) resolved for
+# CPython 3.11 on Linux x86_64 and aarch64, every package pinned to one version with the sha256
+# of its files; `make lock` refreshes it. --require-hashes refuses anything unpinned or whose
+# download does not match, --no-deps anything the lock does not list: the same lock always gives
+# the same venv. Copied on its own, so this install is cached until the lock changes.
+COPY requirements/serve.lock /tmp/serve.lock
 # Once the install is checked, what serving never runs leaves the venv: pip and setuptools (the
 # runtime installs nothing), numpy's test suite, and onnxruntime's offline model tools
 # (transformer optimiser, quantisation, conversion scripts; inference is onnxruntime.capi).
-RUN /opt/venv/bin/python -m pip install --no-compile -r /tmp/requirements.txt \
+RUN /opt/venv/bin/python -m pip install --no-compile --require-hashes --no-deps \
+        -r /tmp/serve.lock \
  && /opt/venv/bin/python -m pip check \
  && /opt/venv/bin/python -m pip uninstall --yes --quiet pip setuptools \
  && site=/opt/venv/lib/python3.11/site-packages \
@@ -36,14 +33,14 @@ RUN /opt/venv/bin/python -m pip install --no-compile -r /tmp/requirements.txt \
            "$site"/onnxruntime/tools \
  && find "$site"/numpy -depth -type d -name tests -exec rm -rf {} + \
  && find /opt/venv -depth -name __pycache__ -type d -exec rm -rf {} + \
- && /opt/venv/bin/python -c "import fastapi, numpy, onnxruntime, PIL, prometheus_client, uvicorn"
+ && /opt/venv/bin/python -c "import fastapi, httptools, numpy, onnxruntime, PIL, prometheus_client, uvicorn, uvloop"
 
 
 FROM ${PYTHON_IMAGE}
 ARG APP_UID=10001
 # PORT: where uvicorn listens. VAE_WORKERS / VAE_INTRA_OP_THREADS: left unset here on purpose,
-# so the entrypoint sizes them to the CPUs this container may use (its cgroup quota); set them
-# to override. VAE_*: the service's own settings (prefix VAE_).
+# so the service sizes them to the CPUs this container may use (its CPU affinity and cgroup
+# quota, service/process/cpus.py); set them to override. VAE_*: the service's own settings.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -15,7 +15,7 @@ TRAIN_AE := $(BIN)/vae-train --kind ae --epochs 200 --seed 0 --threads 1 --out r
 MNIST_TEST_DIR ?=
 EVALUATE_ARGS := $(if $(MNIST_TEST_DIR),--data-dir $(MNIST_TEST_DIR))
 
-.PHONY: help serve test lint train export evaluate bench soak audit container-test clean
+.PHONY: help serve test lint format lock train export evaluate bench soak audit container-test clean
 
 help:
 	@echo "make serve   - set up and serve models/ on http://$(HOST):$(PORT)"
@@ -25,7 +25,9 @@ help:
 	@echo "make soak    - mixed good and bad traffic for SOAK_SECONDS (180) at concurrency 32"
 	@echo "make audit   - pip-audit of the installed dependencies (see RELIABILITY.md)"
 	@echo "make container-test - build the Docker image with buildah and test it (root)"
-	@echo "make lint    - ruff check"
+	@echo "make lint    - ruff check, ruff format --check and mypy"
+	@echo "make format  - ruff format (rewrites the files)"
+	@echo "make lock    - re-resolve requirements/serve.lock, the image's pinned dependencies"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,12 +45,36 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 serve: $(VENV)/.serve-installed
 	$(BIN)/python -m service --host $(HOST) --port $(PORT)
 
+# mypy's settings and the packages it checks are in pyproject.toml ([tool.mypy]).
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
-test: $(VENV)/.dev-installed
-	$(BIN)/ruff check .
+format: $(VENV)/.dev-installed
+	$(BIN)/ruff format .
+
+test: lint
 	$(BIN)/python -m pytest
+
+# requirements/serve.lock, what the Dockerfile installs (pip --require-hashes --no-deps):
+# pyproject's core dependencies resolved afresh from PyPI for CPython 3.11 on Linux (the image),
+# every package at one version with the sha256 of each of its files. Resolved for x86_64 and
+# again for aarch64; the two must agree, so one lock serves both. Run after changing
+# `dependencies` in pyproject.toml (tests/test_lock.py fails until the lock satisfies them) or to
+# take newer releases; commit the result.
+LOCK := requirements/serve.lock
+LOCK_COMPILE := $(BIN)/uv pip compile pyproject.toml --quiet --upgrade --generate-hashes \
+	--python-version 3.11 --custom-compile-command 'make lock'
+lock: $(VENV)/.dev-installed
+	@mkdir -p $(dir $(LOCK))
+	$(LOCK_COMPILE) --python-platform x86_64-manylinux_2_28 -o $(LOCK).tmp
+	$(LOCK_COMPILE) --python-platform aarch64-manylinux_2_28 -o $(LOCK).aarch64.tmp
+	@cmp -s $(LOCK).tmp $(LOCK).aarch64.tmp || { diff $(LOCK).tmp $(LOCK).aarch64.tmp; \
+		rm -f $(LOCK).tmp $(LOCK).aarch64.tmp; \
+		echo "x86_64 and aarch64 resolve differently: see above" >&2; exit 1; }
+	@mv $(LOCK).tmp $(LOCK) && rm -f $(LOCK).aarch64.tmp
+	@echo "$(LOCK): $$(grep -c '^[a-z]' $(LOCK)) packages pinned"
 
 train: $(VENV)/.dev-installed
 	$(TRAIN_VAE)
@@ -59,12 +85,12 @@ train: $(VENV)/.dev-installed
 	$(BIN)/vae-evaluate models/ae $(EVALUATE_ARGS)
 
 bench: $(VENV)/.dev-installed
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python -m bench.run_all
 
 # Not part of `make test`: a real server under minutes of traffic (RELIABILITY.md).
 SOAK_SECONDS ?= 180
 soak: $(VENV)/.dev-installed
-	$(BIN)/python scripts/soak.py --seconds $(SOAK_SECONDS)
+	$(BIN)/python -m scripts.soak --seconds $(SOAK_SECONDS)
 
 # Fails on known vulnerabilities; tolerates only an unreachable vulnerability database.
 audit: $(VENV)/.dev-installed

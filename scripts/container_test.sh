@@ -279,8 +279,9 @@ start() {
     CONTAINERS+=("$RUN_CTR")
     log "running $IMAGE as $RUN_CTR on port $PORT ${MODEL_MOUNT[*]:-}"
     # buildah run does not apply the image's ENTRYPOINT: name it, as `docker run` would run it.
+    # Two workers whatever this machine's size (the service would otherwise start one per CPU).
     "${BUILDAH[@]}" run --isolation chroot --network host --env "PORT=$PORT" \
-        --env VAE_CPUS=2 "${MODEL_MOUNT[@]}" "$RUN_CTR" -- /usr/local/bin/vae-entrypoint \
+        --env VAE_WORKERS=2 "${MODEL_MOUNT[@]}" "$RUN_CTR" -- /usr/local/bin/vae-entrypoint \
         >"$WORK/server.log" 2>&1 &
     SERVER_PID=$!
     local deadline=$(($(date +%s) + READY_TIMEOUT)) ready
@@ -377,15 +378,16 @@ healthcheck() {
 }
 
 stop() {
-    # SIGTERM to the container's first process (the entrypoint), as `docker stop` sends it.
+    # SIGTERM to the container's first process, as `docker stop` sends it: the server itself,
+    # `python -m service`, which the entrypoint exec'd (its workers are multiprocessing's).
     local pid="" p
     for p in $(descendants "$SERVER_PID"); do
-        if tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q '^/bin/sh /usr/local/bin/vae-entrypoint'; then
+        if tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q '^python -m service '; then
             pid=$p
             break
         fi
     done
-    [ -n "$pid" ] || { descendants "$SERVER_PID"; die "cannot find the entrypoint process"; }
+    [ -n "$pid" ] || { descendants "$SERVER_PID"; die "cannot find the server process"; }
     # A request in flight when SIGTERM lands must still complete: the drain. Deterministically:
     # a POST /encode whose upload is only half sent when the signal goes; the rest follows a
     # second later, and the answer must still be 200.
@@ -438,7 +440,7 @@ EOF_PY
         waited=$((waited + 1))
     done
     sleep 0.3
-    log "SIGTERM to the entrypoint (pid $pid), with a half-sent POST /encode in flight"
+    log "SIGTERM to the server (pid $pid), with a half-sent POST /encode in flight"
     local rc=0 t0 t_sig
     t_sig=$(date +%s.%N)
     kill -TERM "$pid"

@@ -1,6 +1,6 @@
 """Deployment artefacts: Kubernetes manifests against the Kubernetes schemas (offline), their
 consistency with each other and with the image, the Dockerfile's promises, and the container
-entrypoint's CPU sizing and SIGTERM handling (run with a stand-in `python`, no container)."""
+entrypoint, which only execs the server (run with a stand-in `python`, no container)."""
 
 from __future__ import annotations
 
@@ -175,11 +175,7 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 def test_dockerfile_is_multi_stage_slim_and_non_root():
     instructions = dockerfile_instructions()
     froms = [arg for op, arg in instructions if op == "FROM"]
-    assert froms == [
-        "${PYTHON_IMAGE} AS requirements",
-        "${PYTHON_IMAGE} AS build",
-        "${PYTHON_IMAGE}",
-    ]
+    assert froms == ["${PYTHON_IMAGE} AS build", "${PYTHON_IMAGE}"]
     args = dict(a.split("=", 1) for op, a in instructions if op == "ARG" and "=" in a)
     assert args["PYTHON_IMAGE"] == "python:3.11-slim"
     last_from = max(i for i, (op, _) in enumerate(instructions) if op == "FROM")
@@ -212,7 +208,12 @@ def test_dockerignore_keeps_the_context_small():
     ]
     assert patterns[0] == "*", "allow-list: everything out unless named"
     allowed = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
-    assert allowed == {"pyproject.toml", "service", "models", "deploy/container/entrypoint.sh"}
+    assert allowed == {
+        "requirements/serve.lock",
+        "service",
+        "models",
+        "deploy/container/entrypoint.sh",
+    }
     for name in (".venv", "runs", "tests", ".git", "**/__pycache__"):
         assert name in patterns
 
@@ -222,8 +223,9 @@ def test_dockerignore_keeps_the_context_small():
 FAKE_PYTHON = """\
 #!/bin/sh
 # Stand-in for `python -m service`: report what it was given, then serve until SIGTERM.
-echo "args=$* workers=$WEB_CONCURRENCY threads=$VAE_INTRA_OP_THREADS" >"$FAKE_OUT"
-trap 'echo drained >>"$FAKE_OUT"; trap - TERM; kill -TERM $$' TERM
+echo "pid=$$ args=$*" >"$FAKE_OUT"
+echo "env=${VAE_WORKERS-unset},${VAE_INTRA_OP_THREADS-unset},${WEB_CONCURRENCY-unset}" >>"$FAKE_OUT"
+trap 'echo drained >>"$FAKE_OUT"; exit 0' TERM
 while :; do sleep 0.05; done
 """
 
@@ -238,20 +240,22 @@ def fake_python(tmp_path):
     return tmp_path
 
 
-def start_entrypoint(fake: Path, **env: str) -> tuple[subprocess.Popen, Path]:
+def start_entrypoint(fake: Path, *args: str, **env: str) -> tuple[subprocess.Popen, list[str]]:
     out = fake / "out.txt"
     environ = {
         "PATH": f"{fake / 'bin'}:{os.environ['PATH']}",
         "FAKE_OUT": str(out),
         **env,
     }
-    proc = subprocess.Popen(["sh", str(ENTRYPOINT)], env=environ, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["sh", str(ENTRYPOINT), *args], env=environ, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 10
-    while not out.exists() or not out.read_text():
+    while not out.exists() or len(out.read_text().splitlines()) < 2:
         assert proc.poll() is None, proc.stderr.read()
         assert time.monotonic() < deadline, "entrypoint did not start python"
         time.sleep(0.02)
-    return proc, out
+    return proc, out.read_text().splitlines()
 
 
 def stop(proc: subprocess.Popen) -> int:
@@ -264,33 +268,38 @@ def stop(proc: subprocess.Popen) -> int:
 
 @pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX sh")
 @pytest.mark.parametrize(
-    ("env", "expected"),
+    ("args", "env", "expected"),
     [
-        ({"VAE_CPUS": "4"}, "workers=4 threads=1"),
-        ({"VAE_CPUS": "4", "VAE_WORKERS": "2"}, "workers=2 threads=2"),
-        ({"VAE_CPUS": "1", "VAE_WORKERS": "3"}, "workers=3 threads=1"),
-        ({"VAE_CPUS": "8", "VAE_INTRA_OP_THREADS": "3"}, "workers=8 threads=3"),
-        ({"VAE_CPUS": "4", "VAE_WORKERS": "1"}, "workers=1 threads=4"),
-        ({"VAE_CPUS": "6", "WEB_CONCURRENCY": "3"}, "workers=3 threads=2"),
+        ((), {}, "-m service --host 0.0.0.0 --port 8000"),
+        ((), {"PORT": "8123"}, "-m service --host 0.0.0.0 --port 8123"),
+        ((), {"HOST": "::", "PORT": "9000"}, "-m service --host :: --port 9000"),
+        (("--port", "7000"), {}, "-m service --host 0.0.0.0 --port 8000 --port 7000"),
     ],
 )
-def test_entrypoint_sizes_threads_to_cpus_and_exits_0_on_sigterm(fake_python, env, expected):
-    proc, out = start_entrypoint(fake_python, PORT="8123", **env)
-    first = out.read_text().splitlines()[0]
-    assert first == f"args=-m service --host 0.0.0.0 --port 8123 {expected}"
-    assert stop(proc) == 0
-    assert out.read_text().splitlines()[-1] == "drained"
+def test_entrypoint_execs_the_server(fake_python, args, env, expected):
+    proc, lines = start_entrypoint(fake_python, *args, **env)
+    # exec: the server is the entrypoint's own process (the container's first), not a child.
+    assert lines[0] == f"pid={proc.pid} args={expected}"
+    assert stop(proc) == 0  # SIGTERM reached the server itself, which exited 0
+    assert (fake_python / "out.txt").read_text().splitlines()[-1] == "drained"
 
 
 @pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX sh")
-def test_entrypoint_defaults_to_the_cpus_it_may_use(fake_python):
-    proc, out = start_entrypoint(fake_python)
-    line = out.read_text().splitlines()[0]
-    assert "--port 8000" in line
-    workers = int(line.split("workers=", 1)[1].split()[0])
-    assert 1 <= workers <= len(os.sched_getaffinity(0))
-    assert line.endswith("threads=1")
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "env=unset,unset,unset"),
+        ({"VAE_WORKERS": "3", "VAE_INTRA_OP_THREADS": "2"}, "env=3,2,unset"),
+        ({"VAE_CPUS": "4", "WEB_CONCURRENCY": "5"}, "env=unset,unset,5"),
+    ],
+)
+def test_entrypoint_leaves_sizing_to_the_service(fake_python, env, expected):
+    # The service sizes itself (service/process/cpus.py): the entrypoint sets nothing.
+    proc, lines = start_entrypoint(fake_python, **env)
+    assert lines[1] == expected
     assert stop(proc) == 0
+    text = ENTRYPOINT.read_text()
+    assert not re.search(r"cgroup|nproc|cpu\.max|cfs_quota", text.split("set -eu", 1)[1])
 
 
 @pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX sh")

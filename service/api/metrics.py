@@ -1,0 +1,83 @@
+"""Prometheus metrics: HTTP requests and latency per route template, inference per model.
+
+Each app has its own CollectorRegistry, so several apps (tests) never collide on names.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+INFERENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """The service's metrics, in their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "vae_http_requests",
+            "HTTP requests by method, route template and status code",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "vae_http_request_duration_seconds",
+            "HTTP request latency (until the response is sent) by route template and status",
+            ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.inference = Histogram(
+            "vae_inference_duration_seconds",
+            "onnxruntime time per call by model and graph (encoder or decoder)",
+            ["model", "graph"],
+            buckets=INFERENCE_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "vae_inference_batch_size",
+            "items per onnxruntime call by model and graph",
+            ["model", "graph"],
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.models_loaded = Gauge(
+            "vae_models_loaded",
+            "models loaded and warmed up",
+            registry=self.registry,
+            # several workers (service/process/workers.py): the same models
+            multiprocess_mode="max",
+        )
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        labels = (method, route, str(status))
+        self.requests.labels(*labels).inc()
+        self.latency.labels(*labels).observe(seconds)
+
+    def observe_inference(self, model: str, graph: str, batch: int, seconds: float) -> None:
+        """An `InferenceObserver` for service.models."""
+        self.inference.labels(model, graph).observe(seconds)
+        self.batch_size.labels(model, graph).observe(batch)
+
+    def render(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # Several worker processes (service/process/workers.py): every worker's values, summed.
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)

@@ -1,0 +1,110 @@
+"""Request and response bodies: these pydantic models are the contract /docs shows."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.inference.format import ModelMetadata
+
+# Latent values: strict (no "NaN"/"inf" strings, no booleans), finite, bounded.
+Z_LIMIT = 1e4
+MAX_LIST = 4096
+LatentValue = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-Z_LIMIT, le=Z_LIMIT)]
+
+
+class ImageFormat(StrEnum):
+    png = "png"
+    json = "json"
+
+
+class Preprocess(StrEnum):
+    auto = "auto"
+    none = "none"
+
+
+class VaeEncoding(BaseModel):
+    """A VAE's posterior q(z|x) = N(mu, diag(exp(log_var)))."""
+
+    model: str
+    mu: list[float] = Field(description="posterior mean, z_dim numbers")
+    log_var: list[float] = Field(description="posterior log-variance, z_dim numbers")
+
+
+class AeEncoding(BaseModel):
+    """A plain autoencoder's code."""
+
+    model: str
+    z: list[float] = Field(description="the code, z_dim numbers")
+
+
+Encoding = VaeEncoding | AeEncoding
+
+
+class BatchEncoding(BaseModel):
+    model: str
+    items: list[Encoding] = Field(description="one /encode result per image, in upload order")
+
+
+class DecodeRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"z": [[0.0, 0.0], [1.5, -0.5]]}]},
+    )
+    # Hard caps (VAE_MAX_BATCH is at most 4096) bound the validation work on a hostile body
+    # before the route applies the configured limit and the model's z_dim.
+    z: list[Annotated[list[LatentValue], Field(max_length=MAX_LIST)]] = Field(
+        min_length=1,
+        max_length=MAX_LIST,
+        description="1..VAE_MAX_BATCH latent vectors, each of the model's z_dim finite numbers "
+        f"with |value| <= {Z_LIMIT:g}",
+    )
+
+
+class ImagesResponse(BaseModel):
+    """`?format=json` of /decode and /sample."""
+
+    model: str
+    images: list[str] = Field(description="one base64 PNG (8-bit grayscale) per image")
+    z: list[list[float]] = Field(description="the latent vector each image was decoded from")
+    note: str | None = Field(None, description="caveats, e.g. sampling a plain AE")
+
+
+class ReconstructResponse(ImagesResponse):
+    """`?format=json` of /reconstruct."""
+
+    mu: list[float] | None = Field(None, description="posterior mean (VAE only)")
+    log_var: list[float] | None = Field(None, description="posterior log-variance (VAE only)")
+    input: str = Field(description="the preprocessed input the model saw, base64 PNG")
+    mse: float = Field(description="per-pixel mean squared error, input vs reconstruction")
+
+
+class ModelList(BaseModel):
+    default: str = Field(description="the model used without ?model=")
+    models: list[ModelMetadata]
+
+
+class LatentPoints(BaseModel):
+    """Encoded validation digits, for a latent-space explorer."""
+
+    model_config = ConfigDict(extra="allow")
+
+    z: list[list[float]]
+    labels: list[int] | None = None
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    status: str
+    models: list[str]
+
+
+class ErrorBody(BaseModel):
+    """Every error: a JSON object with `detail` (a string, or a list of validation errors)."""
+
+    detail: str | list[dict[str, Any]] | dict[str, Any]

@@ -1,0 +1,85 @@
+"""Service settings: one `Settings` object, each field overridable by a VAE_* variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# The repository's models/ folder (service/ sits next to it).
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+class Settings(BaseSettings):
+    """Every setting has a default; VAE_<NAME> in the environment overrides it."""
+
+    model_config = SettingsConfigDict(env_prefix="VAE_", frozen=True, extra="ignore")
+
+    model_dir: Path = Field(
+        DEFAULT_MODEL_DIR, description="folder holding one sub-folder per exported model"
+    )
+    default_model: str = Field("vae", description="model used when a request has no ?model=")
+    max_batch: int = Field(256, ge=1, le=4096, description="most images or vectors in one request")
+    max_upload_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="largest request body in bytes"
+    )
+    max_pixels: int = Field(40_000_000, ge=1, description="largest uploaded image in pixels")
+    workers: int = Field(
+        0,
+        ge=0,
+        description="server processes, each with its own socket on the port (0 = one per CPU "
+        "this process may use: the GIL caps one process at about one core of Python work)",
+    )
+    intra_op_threads: int = Field(
+        0,
+        ge=0,
+        description="onnxruntime threads per inference (0 = CPUs / workers, so 1 with the "
+        "default of one worker per CPU)",
+    )
+    max_concurrency: int = Field(
+        64,
+        ge=1,
+        description="most requests in progress at once; more get a fast 503 with Retry-After "
+        "(/healthz, /readyz and /metrics are exempt)",
+    )
+    max_header_bytes: int = Field(
+        32 * 1024,
+        ge=1024,
+        description="largest request line plus headers in bytes; larger is a 431 and the "
+        "connection is closed",
+    )
+    body_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="seconds a request body may take to arrive in full; slower is a 408",
+    )
+    graceful_timeout: int = Field(
+        20,
+        ge=1,
+        description="seconds SIGTERM waits for requests in progress to finish before "
+        "cutting them off (then the process exits)",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="origins allowed by CORS, comma-separated or JSON list (empty = CORS off)",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="log level of the service and uvicorn"
+    )
+    access_log: bool = Field(True, description="one JSON line per request on stderr")
+    host: str = Field("127.0.0.1", description="address `python -m service` listens on")
+    port: int = Field(8000, ge=0, le=65535, description="port `python -m service` listens on")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                import json
+
+                return json.loads(value)
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
