@@ -6,8 +6,8 @@ plain handler, save the grid with Pillow's defaults. It does not import `service
 none of its choices (no onnxruntime, no session tuning, no PNG level); it serves the same
 weights, so `/sample?n=16` here and on the service do the same arithmetic.
 
-    python bench/baseline_torch_app.py --run runs/vae --port 8001
-    python bench/baseline_torch_app.py --untrained --port 8001     # same compute, no checkpoint
+    python -m bench.baseline_torch_app --run runs/vae --port 8001
+    python -m bench.baseline_torch_app --untrained --port 8001     # same compute, no checkpoint
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import io
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +23,8 @@ import uvicorn
 from fastapi import FastAPI, Query, Response
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from training.config import ModelConfig, TrainConfig  # noqa: E402
-from training.model import build_model  # noqa: E402
+from training.config import ModelConfig, TrainConfig
+from training.model import build_model
 
 
 def load_model(run: Path | None) -> torch.nn.Module:

@@ -1,7 +1,9 @@
 """Shared pieces of the benchmarks: the model under test, machine facts, servers, wrk, results.
 
 Nothing here imports `service` (the HTTP benchmarks treat the service as a black box started
-with `python -m service`); the in-process benchmark imports it itself.
+with `python -m service`); the in-process benchmark imports it itself. Ports, readiness,
+stopping and a process tree's CPU and memory come from harness.processes. Every bench module
+runs from the repository root as `python -m bench.NAME`.
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ import os
 import platform
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,13 +22,22 @@ import urllib.request
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from harness.processes import (
+    ServerNotReady,
+    cpu_seconds,
+    free_port,
+    pss_mb,
+    rss_mb,
+    stop,
+    wait_ready,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 CACHE = BENCH / ".cache"
 SHIPPED_MODELS = ROOT / "models"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 PACKAGES = (
     "onnxruntime",
     "numpy",
@@ -203,13 +212,25 @@ def warn_if_busy() -> bool:
 # --- results --------------------------------------------------------------------------------
 
 
+def command_line() -> str:
+    """How this process was started: `python -m bench.NAME ARGS` for a module (the bench
+    scripts), else the script's path (relative to ROOT when under it) and its arguments."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None:
+        program = f"python -m {spec.name.removesuffix('.__main__')}"
+    else:
+        script = Path(sys.argv[0]).resolve()
+        program = (script.relative_to(ROOT) if script.is_relative_to(ROOT) else script).as_posix()
+    return " ".join([program, *sys.argv[1:]])
+
+
 def write_result(name: str, data: dict, out_dir: Path | None = None) -> Path:
     out_dir = out_dir or RESULTS
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
     payload = {
         "benchmark": name,
-        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "command": command_line(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine(),
         **data,
@@ -219,66 +240,7 @@ def write_result(name: str, data: dict, out_dir: Path | None = None) -> Path:
     return path
 
 
-# --- processes --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _children(pid: int) -> list[int]:
-    kids: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(OSError):
-                kids += [int(p) for p in (task / "children").read_text().split()]
-    return kids
-
-
-def process_tree(pid: int) -> list[int]:
-    """`pid` and all its descendants."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += _children(p)
-    return out
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of `pid` and its live descendants."""
-    total = 0
-    for p in process_tree(pid):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLK_TCK
-
-
-def rss_mb(pid: int, tree: bool = True) -> float:
-    """Resident memory of `pid` and (`tree`) its descendants (MB, 10^6 bytes)."""
-    total = 0
-    for p in process_tree(pid) if tree else [pid]:
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * PAGE
-    return total / 1e6
-
-
-def pss_mb(pid: int) -> float:
-    """Proportional set size of `pid` and its descendants (MB): shared pages (the libraries
-    every worker maps) counted once in all, unlike RSS. Falls back to RSS."""
-    total = 0
-    for p in process_tree(pid):
-        try:
-            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1]) * 1024
-                    break
-        except OSError:
-            return rss_mb(pid)
-    return total / 1e6
+# --- servers ----------------------------------------------------------------------------------
 
 
 class Server:
@@ -321,32 +283,18 @@ class Server:
         self.proc = subprocess.Popen(
             self.argv, env=self.env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited with {self.proc.returncode} before it was ready"
-                    + (f" (see {self.log_path})" if self.log_path else "")
-                )
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(self.url + self.ready_path, timeout=2) as r,
-            ):
-                if r.status == 200:
-                    return
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"{self.name} not ready after {timeout:.0f}s")
+        try:
+            wait_ready(
+                self.proc, self.url, self.log_path, timeout, path=self.ready_path, name=self.name
+            )
+        except ServerNotReady:
+            self.stop()
+            raise
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        """SIGTERM, then SIGKILL (the whole process tree) after 15 s."""
+        if self.proc is not None:
+            stop(self.proc, timeout=15)
 
     @property
     def pid(self) -> int:
@@ -426,9 +374,10 @@ def baseline_run() -> Path | None:
 
 
 def baseline_server(run: Path | None, cpus: str | None = None, **kw) -> Server:
+    """bench/baseline_torch_app.py, run as `python -m bench.baseline_torch_app` from ROOT."""
     where = ["--run", str(run)] if run else ["--untrained"]
     return Server(
-        [sys.executable, str(BENCH / "baseline_torch_app.py"), *where, "--port", "{port}"],
+        [sys.executable, "-m", "bench.baseline_torch_app", *where, "--port", "{port}"],
         cpus=cpus,
         name="baseline",
         **kw,

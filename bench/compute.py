@@ -1,16 +1,17 @@
 """The compute floor, in process: onnxruntime latency and images/s, FLOPs, the machine's peak.
 
-    python bench/compute.py                 # everything (~1 minute)
-    python bench/compute.py --seconds 0.2   # a quick pass
+    python -m bench.compute                 # everything (~1 minute)
+    python -m bench.compute --seconds 0.2   # a quick pass
 
 1. FLOPs per image of each graph, counted from the ONNX graph's layer shapes (bench/flops.py)
    and checked against the architecture's hyper-parameters.
 2. The machine's float32 matmul peak: numpy (OpenBLAS) 2048x2048 matmul on 1 core and on all.
 3. onnxruntime encoder and decoder at batch 1, 16, 64, 256 with the sessions the service
-   builds (service.models.load_model with the service's settings): per-call latency (p50,
-   p99), images/s and achieved GFLOP/s; then the same graphs using every core, two ways: one
-   caller with intra-op threads = cores, and one caller thread per core sharing a 1-thread
-   session (what several requests in flight do), with onnxruntime's thread spinning on and off.
+   builds (service.inference.registry.load_model with the service's settings): per-call
+   latency (p50, p99), images/s and achieved GFLOP/s; then the same graphs using every core,
+   two ways: one caller with intra-op threads = cores, and one caller thread per core sharing
+   a 1-thread session (what several requests in flight do), with onnxruntime's thread
+   spinning on and off.
 4. The service's own per-request work, in process and on one thread (no HTTP): decode + PNG
    for /sample?n=16, and each step of /encode (multipart parsing, image decoding and
    preprocessing, inference, JSON): the floor each HTTP figure is compared with.
@@ -28,9 +29,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
@@ -160,7 +158,7 @@ def ort_sweep(model, flops: dict[str, int], seconds: float) -> list[dict]:
 def all_cores(folder: Path, flops: dict[str, int], seconds: float, batches=BATCHES) -> list[dict]:
     """Images/s using every core: one caller with intra-op threads = cores, or one caller per
     core on a 1-thread session; spinning on and off."""
-    from service.models import load_model
+    from service.inference.registry import load_model
 
     cores = os.cpu_count() or 1
     rows = []
@@ -207,9 +205,10 @@ def pipelines(model, settings, seconds: float) -> dict:
     from starlette.formparsers import MultiPartParser
 
     from bench.loadgen import multipart
-    from service import imaging
-    from service.routes import _encoding, _image_response, prepare
-    from service.schemas import BatchEncoding, Encoding, ImageFormat, Preprocess
+    from service.api.encoding import encoding_of
+    from service.api.images import image_response
+    from service.api.schemas import BatchEncoding, Encoding, ImageFormat, Preprocess
+    from service.api.uploads import prepare
 
     try:
         from pydantic import TypeAdapter
@@ -244,16 +243,16 @@ def pipelines(model, settings, seconds: float) -> dict:
             np.random.default_rng(1).standard_normal((16, model.z_dim)) * 1.0
         ).astype(np.float32),
         "sample.decode_b16": lambda: model.decode_batch(z16),
-        "sample.png_grid": lambda: _image_response(model, decoded16, z16, ImageFormat.png, 1).body,
+        "sample.png_grid": lambda: image_response(model, decoded16, z16, ImageFormat.png, 1).body,
         "sample_json.base64_pngs_and_json": lambda: (
-            _image_response(model, decoded16, z16, ImageFormat.json, 1).body
+            image_response(model, decoded16, z16, ImageFormat.json, 1).body
         ),
         # /encode: multipart parsing, PNG decoding + MNIST preprocessing, inference, JSON
         "encode.multipart_parse": lambda: loop.run_until_complete(parse()),
         "encode.decode_and_preprocess": lambda: prepare([png], model, Preprocess.auto, settings),
         "encode.png_decode_only": lambda: imaging_open(png),
         "encode.inference_b1": lambda: model.encode_batch(x1),
-        "encode.json": lambda: encoding_json(_encoding(model, codes1, 0)),
+        "encode.json": lambda: encoding_json(encoding_of(model, codes1, 0)),
         # /encode/batch with 64 images
         "encode_batch64.decode_and_preprocess": lambda: prepare(
             pngs, model, Preprocess.auto, settings
@@ -263,9 +262,10 @@ def pipelines(model, settings, seconds: float) -> dict:
     batch_codes = model.encode_batch(np.repeat(x1, 64, axis=0))
     batch_json = TypeAdapter(BatchEncoding).dump_json
     steps["encode_batch64.json"] = lambda: batch_json(
-        BatchEncoding(model=model.name, items=[_encoding(model, batch_codes, i) for i in range(64)])
+        BatchEncoding(
+            model=model.name, items=[encoding_of(model, batch_codes, i) for i in range(64)]
+        )
     )
-    del imaging
     out = {}
     for name, fn in steps.items():
         stats = summary(time_calls(fn, seconds))
@@ -273,7 +273,7 @@ def pipelines(model, settings, seconds: float) -> dict:
         print(f"  {name:<40} p50 {stats['p50_ms']:8.3f} ms  mean {stats['mean_ms']:8.3f} ms")
     whole = {
         "sample_png": lambda: (
-            _image_response(
+            image_response(
                 model,
                 model.decode_batch(
                     (np.random.default_rng(1).standard_normal((16, model.z_dim))).astype(np.float32)
@@ -284,7 +284,7 @@ def pipelines(model, settings, seconds: float) -> dict:
             ).body
         ),
         "encode": lambda: encoding_json(
-            _encoding(
+            encoding_of(
                 model,
                 model.encode_batch(
                     prepare([loop.run_until_complete(parse())], model, Preprocess.auto, settings)
@@ -314,19 +314,19 @@ def png_choices(model, seconds: float) -> dict:
 
     from PIL import Image
 
-    from service import imaging
-    from service.schemas import ImagesResponse
+    from service.api.schemas import ImagesResponse
+    from service.imaging import png
 
     rng = np.random.default_rng(0)
     decoded = model.decode_batch(rng.standard_normal((16, model.z_dim)).astype(np.float32))
-    digits = imaging.to_uint8(model.to_unit_pixels(decoded))
-    pictures = {"grid16": imaging.grid(digits), "digit": digits[0, 0]}
+    digits = png.to_uint8(model.to_unit_pixels(decoded))
+    pictures = {"grid16": png.grid(digits), "digit": digits[0, 0]}
     out: dict = {}
     for name, picture in pictures.items():
         for level in (0, 1, 6, 9):
-            with mock.patch.object(imaging, "PNG_COMPRESS_LEVEL", level):
-                data = imaging.png_bytes(picture)
-                stats = summary(time_calls(lambda p=picture: imaging.png_bytes(p), seconds))
+            with mock.patch.object(png, "PNG_COMPRESS_LEVEL", level):
+                data = png.png_bytes(picture)
+                stats = summary(time_calls(lambda p=picture: png.png_bytes(p), seconds))
             out[f"{name}.zlib{level}"] = {"bytes": len(data), **stats}
 
         def pillow(p=picture) -> bytes:
@@ -340,7 +340,7 @@ def png_choices(model, seconds: float) -> dict:
         }
     body = ImagesResponse(
         model=model.name,
-        images=[base64.b64encode(imaging.png_bytes(d[0])).decode() for d in digits],
+        images=[base64.b64encode(png.png_bytes(d[0])).decode() for d in digits],
         z=rng.standard_normal((16, model.z_dim)).tolist(),
     ).model_dump()
     out["sample_json.json_dumps"] = summary(time_calls(lambda: json.dumps(body).encode(), seconds))
@@ -351,7 +351,7 @@ def png_choices(model, seconds: float) -> dict:
 
 
 def imaging_open(data: bytes):
-    from service.preprocessing import open_image
+    from service.imaging.uploads import open_image
 
     return open_image(data)
 
@@ -360,9 +360,9 @@ def imaging_open(data: bytes):
 
 
 def run(seconds: float = 1.0, out_dir: Path | None = None, name: str = "compute") -> dict:
-    from service.config import Settings
-    from service.models import load_model
-    from service.workers import layout
+    from service.inference.registry import load_model
+    from service.process.settings import Settings
+    from service.process.cpus import layout
 
     quiet = warn_if_busy()
     folder_root, models_note = model_dir()

@@ -1,6 +1,6 @@
 """An experiment: the same decoder written without ConvTranspose, timed in onnxruntime.
 
-    python bench/decoder_forms.py
+    python -m bench.decoder_forms
 
 onnxruntime runs the encoder's Conv layers at ~105 GFLOP/s per core here but the decoder's
 ConvTranspose layers at ~65 (bench/compute.py): Conv gets fused, blocked (NCHWc) kernels,
@@ -22,14 +22,10 @@ for stopping there.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
@@ -151,7 +147,7 @@ def run(seconds: float = 1.0, out_dir: Path | None = None) -> dict:
     import onnxruntime as ort
     import torch
 
-    from service.models import session_options
+    from service.inference.sessions import session_options
     from training.config import ModelConfig
     from training.export import conv_form_decoder
     from training.model import build_model

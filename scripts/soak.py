@@ -1,7 +1,7 @@
 """Soak test: a real server on loopback under minutes of mixed good and bad traffic.
 
-    python scripts/soak.py                       # 3 minutes at concurrency 32 (`make soak`)
-    python scripts/soak.py --seconds 60 --json artifacts/soak.json
+    python -m scripts.soak                       # 3 minutes at concurrency 32 (`make soak`)
+    python -m scripts.soak --seconds 60 --json artifacts/soak.json
 
 Starts `python -m service` on a free 127.0.0.1 port (models/ if it holds exported models,
 else tiny untrained ones exported to a temporary folder: that needs torch, the `train` extra),
@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import io
 import json
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -35,40 +33,26 @@ import httpx
 import numpy as np
 from PIL import Image, ImageDraw
 
+from harness.processes import (
+    MB,
+    ServerNotReady,
+    free_port,
+    peak_rss_mb,
+    process_tree,
+    rss_mb,
+    stop,
+    wait_ready,
+)
+
 REPO = Path(__file__).resolve().parent.parent
+# The report's memory figures are MiB (2^20 bytes), as the soak has always reported them.
+MIB = 2**20
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_kib(pid: int, field: str = "VmRSS") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-def process_tree(pid: int) -> list[int]:
-    """`pid` and its descendants (VAE_WORKERS > 1: a supervisor and its worker processes)."""
-    pids, queue = [], [pid]
-    while queue:
-        current = queue.pop()
-        pids.append(current)
-        for task in Path(f"/proc/{current}/task").glob("*/children"):
-            with contextlib.suppress(OSError):
-                queue.extend(int(child) for child in task.read_text().split())
-    return pids
-
-
-def tree_rss_kib(pid: int, field: str = "VmRSS") -> int:
-    total = 0
-    for member in process_tree(pid):
-        with contextlib.suppress(OSError, KeyError):
-            total += rss_kib(member, field)
-    return total
+def tree_rss_mib(pid: int, peak: bool = False) -> float:
+    """RSS (or each process's peak RSS) summed over the server's process tree, in MiB
+    (VAE_WORKERS > 1: a supervisor and its worker processes)."""
+    return (peak_rss_mb(pid) if peak else rss_mb(pid)) * MB / MIB
 
 
 def model_dir_or_tiny(requested: str | None, scratch: Path) -> Path:
@@ -77,13 +61,9 @@ def model_dir_or_tiny(requested: str | None, scratch: Path) -> Path:
     shipped = REPO / "models"
     if (shipped / "vae" / "metadata.json").is_file():
         return shipped
-    sys.path.insert(0, str(REPO / "tests"))
-    sys.path.insert(0, str(REPO))
-    from conftest import export_tiny_model  # torch: the train extra
+    from harness.models import export_tiny_models  # torch: the train extra
 
-    for kind in ("vae", "ae"):
-        export_tiny_model(scratch / kind, kind)
-    return scratch
+    return export_tiny_models(scratch)
 
 
 def png(array: np.ndarray) -> bytes:
@@ -240,42 +220,32 @@ def main(argv: list[str] | None = None) -> int:
                 stderr=subprocess.STDOUT,
             )
             try:
-                deadline = time.monotonic() + 60
-                while True:
-                    if server.poll() is not None or time.monotonic() > deadline:
-                        print(log_path.read_text(), file=sys.stderr)
-                        return 2
-                    with contextlib.suppress(httpx.TransportError):
-                        if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                            break
-                    time.sleep(0.2)
+                try:
+                    wait_ready(server, base, log_path, timeout=60)
+                except ServerNotReady as exc:
+                    print(exc, file=sys.stderr)
+                    return 2
                 asyncio.run(drive(base, args.warmup, args.concurrency))
-                rss_start = tree_rss_kib(server.pid)
+                rss_start = tree_rss_mib(server.pid)
                 started = time.monotonic()
                 report = asyncio.run(drive(base, args.seconds, args.concurrency))
                 elapsed = time.monotonic() - started
-                rss_end = tree_rss_kib(server.pid)
+                rss_end = tree_rss_mib(server.pid)
                 report.update(
                     seconds=round(elapsed, 1),
                     concurrency=args.concurrency,
                     requests_per_second=round(report["requests"] / elapsed, 1),
-                    rss_mb_start=round(rss_start / 1024, 1),
-                    rss_mb_end=round(rss_end / 1024, 1),
-                    rss_mb_growth=round((rss_end - rss_start) / 1024, 1),
-                    rss_mb_peak=round(tree_rss_kib(server.pid, "VmHWM") / 1024, 1),
+                    rss_mb_start=round(rss_start, 1),
+                    rss_mb_end=round(rss_end, 1),
+                    rss_mb_growth=round(rss_end - rss_start, 1),
+                    rss_mb_peak=round(tree_rss_mib(server.pid, peak=True), 1),
                     server_processes=len(process_tree(server.pid)),
                     model_dir=str(model_dir),
                     cpus=os.cpu_count(),
                     load_average=[round(x, 2) for x in os.getloadavg()],
                 )
             finally:
-                if server.poll() is None:
-                    server.terminate()
-                    try:
-                        server.wait(timeout=30)
-                    except subprocess.TimeoutExpired:
-                        server.kill()
-                        server.wait(timeout=10)
+                stop(server, timeout=30)
         report["server_exit_status"] = server.returncode
         server_log = log_path.read_text(errors="replace")
         report["server_log_tail"] = server_log.splitlines()[-10:]

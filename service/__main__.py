@@ -7,12 +7,13 @@ import importlib.util
 import os
 import signal
 import sys
+from typing import Any
 
-from service.config import Settings
-from service.models import missing_models_message, model_folders
+from service.inference.registry import missing_models_message, model_folders
+from service.process.settings import Settings
 
 
-def _logging_config(level: str) -> dict:
+def _logging_config(level: str) -> dict[str, Any]:
     """stderr logging: our access log lines are JSON already, so they go out as they are."""
     upper = level.upper()
     return {
@@ -45,7 +46,7 @@ def _has(module: str) -> bool:
 
 def _http_protocol() -> type | str:
     try:
-        from service.protocol import HeadLimitedHttpToolsProtocol
+        from service.process.http_protocol import HeadLimitedHttpToolsProtocol
     except ImportError:  # uvicorn without httptools: h11, with its own head limit
         return "h11"
     return HeadLimitedHttpToolsProtocol
@@ -70,13 +71,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    from service import workers as supervisor
+    from service.process import workers as supervisor
+    from service.process.cpus import layout
 
     # One process per CPU, one onnxruntime thread each, unless set (bench/, BENCHMARKS.md):
     # the models are small, so requests side by side beat one request split over threads.
-    workers, threads = supervisor.layout(settings.workers, settings.intra_op_threads)
+    workers, threads = layout(settings.workers, settings.intra_op_threads)
     os.environ["VAE_INTRA_OP_THREADS"] = str(threads)  # each worker's Settings() reads it
-    options: dict = dict(
+    options: dict[str, Any] = dict(
         log_config=_logging_config(settings.log_level),
         log_level=settings.log_level,
         access_log=False,  # ours (service.access) has the request id and the route
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if workers > 1:
         return supervisor.serve(workers, args.host, args.port, options)
-    from service.models import limit_malloc_arenas
+    from service.inference.sessions import limit_malloc_arenas
 
     limit_malloc_arenas()
     # SIGTERM: uvicorn stops accepting, lets requests in progress finish (at most

@@ -15,19 +15,22 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute
 
 from service import __version__
-from service.config import Settings
-from service.metrics import Metrics
-from service.middleware import (
+from service.api import routers
+from service.api.metrics import Metrics
+from service.api.middleware import (
     BodySizeLimitMiddleware,
     ConcurrencyLimitMiddleware,
     RequestContextMiddleware,
 )
-from service.models import ModelLoadError, ModelRegistry
-from service.routes import STATIC_DIR, build_router
+from service.api.page import mount_static
+from service.api.scheduling import Scheduler
+from service.inference.format import ModelLoadError
+from service.inference.registry import ModelRegistry
+from service.process.settings import Settings
 
 logger = logging.getLogger("service")
 
@@ -96,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             logger.error("cannot start: %s", exc)
             raise
         app.state.registry = registry
+        app.state.scheduler = Scheduler()
         app.state.ready = True
         metrics.models_loaded.set(len(registry))
         logger.info(
@@ -117,13 +121,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.registry = None
     app.state.ready = False
-    app.add_exception_handler(RequestValidationError, validation_error_handler)
-    app.add_exception_handler(StarletteHTTPException, http_error_handler)
-    router = build_router(settings)
-    app.include_router(router)
-    # The latent-space explorer's assets (index.html at "/" refers to static/...). check_dir
-    # off: the folder is optional, and a missing file is a plain 404.
-    app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
+    # Starlette types handlers as taking any Exception; each of these takes its own subclass.
+    app.add_exception_handler(RequestValidationError, validation_error_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)  # type: ignore[arg-type]
+    api_routes: list[BaseRoute] = []
+    for router in routers(settings):
+        app.include_router(router)
+        api_routes.extend(router.routes)
+    mount_static(app)  # the explorer's assets (index.html at "/" refers to static/...)
 
     # add_middleware wraps: the last added is the outermost.
     app.add_middleware(
@@ -141,5 +146,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     # Inside the request context, so that 503s carry a request id and are logged and counted.
     app.add_middleware(ConcurrencyLimitMiddleware, limit=settings.max_concurrency)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, access_log=settings.access_log)
+    # `routes` labels requests answered before routing (a 413 on Content-Length) by their route.
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=metrics,
+        access_log=settings.access_log,
+        routes=api_routes,
+    )
     return app

@@ -580,7 +580,7 @@ def test_service_still_answers_and_counted_no_5xx(adversarial_client, tight_clie
 def test_a_crash_inside_a_handler_is_a_bare_json_500(model_dir, monkeypatch) -> None:
     """The last line of defence: an unexpected exception gives a JSON 500 with the request id,
     and no exception text, trace or path."""
-    from service.models import Model
+    from service.inference.model import Model
 
     def boom(self, z):
         raise RuntimeError("secret at /work/main/service/models.py line 1")
@@ -589,7 +589,7 @@ def test_a_crash_inside_a_handler_is_a_bare_json_500(model_dir, monkeypatch) -> 
     from fastapi.testclient import TestClient
 
     from service.app import create_app
-    from service.config import Settings
+    from service.process.settings import Settings
 
     app = create_app(Settings(model_dir=model_dir, access_log=False))
     with TestClient(app, raise_server_exceptions=False) as client:

@@ -7,22 +7,21 @@ quick `run_all` drives real servers with wrk without a single error and renders 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench import flops, run_all
 
-from bench import flops, run_all  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_flops_from_the_graph_match_the_architecture(model_dir: Path) -> None:
-    import json
-
     from training.config import TrainConfig
 
     for kind in ("vae", "ae"):
@@ -37,6 +36,25 @@ def test_flops_from_the_graph_match_the_architecture(model_dir: Path) -> None:
 def test_the_book_models_are_about_7_5_million_multiply_adds_each() -> None:
     macs = flops.analytic()
     assert macs == {"encoder": 7_463_680, "decoder": 7_457_408}
+
+
+def _run_module(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", *argv], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_the_scripts_run_as_modules_from_the_repository_root(model_dir: Path) -> None:
+    """`python -m bench.NAME` and `python -m scripts.soak`, as the Makefile and the docs run
+    them (no sys.path preludes; scripts import harness, never tests)."""
+    graph = model_dir / "vae" / "decoder.onnx"
+    out = _run_module("bench.flops", str(graph))
+    assert out.returncode == 0, out.stderr
+    counted = json.loads(out.stdout.splitlines()[0])
+    assert counted["macs_per_image"] == flops.count(graph)["macs_per_image"]
+    for module in ("bench.run_all", "scripts.soak"):
+        out = _run_module(module, "--help")
+        assert out.returncode == 0 and "usage:" in out.stdout, (module, out.stderr)
 
 
 def _py_spy() -> str | None:

@@ -1,4 +1,4 @@
-"""service.preprocessing: formats, modes, traps, MNIST-style normalisation, golden digits."""
+"""service.imaging (uploads, prepare): formats, modes, traps, MNIST-style normalisation, digits."""
 
 from __future__ import annotations
 
@@ -11,15 +11,14 @@ import pytest
 from conftest import digit_array, png_bytes
 from PIL import Image
 
-from service.preprocessing import (
+from service.imaging.prepare import mnist_normalize, preprocess_bytes
+from service.imaging.uploads import (
     CorruptImageError,
     EmptyImageError,
     ImageTooLargeError,
     NoDigitError,
     UnsupportedImageError,
-    mnist_normalize,
     open_image,
-    preprocess_bytes,
     sniff_format,
 )
 
@@ -297,7 +296,7 @@ def test_golden_photo_matches_its_mnist_digit(mnist_digits) -> None:
 
 
 def test_golden_photo_encodes_close_to_its_mnist_digit(mnist_digits, model_dir) -> None:
-    from service.models import load_model
+    from service.inference.registry import load_model
 
     model = load_model(model_dir / "vae")
     digits, _ = mnist_digits

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import digit_array, png_bytes
+from conftest import digit_array, png_bytes, wait_ready
 from test_service_server import START_TIMEOUT, free_port, start, stop
 
 pytestmark = pytest.mark.slow
@@ -55,19 +55,6 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
 
-def wait_ready(process: subprocess.Popen, base: str, log_path: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    for _ in range(600):  # bounded in count and in time
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}: {log_path.read_text()}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                return
-        if time.monotonic() > deadline:
-            pytest.fail(f"server not ready in {START_TIMEOUT} s: {log_path.read_text()}")
-        time.sleep(0.1)
-
-
 @contextlib.contextmanager
 def running_server(model_dir: Path, tmp_path: Path, **env: str) -> Iterator[Server]:
     port = free_port()
@@ -75,7 +62,7 @@ def running_server(model_dir: Path, tmp_path: Path, **env: str) -> Iterator[Serv
     with open(log_path, "wb") as log:
         process = start(model_dir, port, log, VAE_ACCESS_LOG="false", **env)
         try:
-            wait_ready(process, f"http://127.0.0.1:{port}", log_path)
+            wait_ready(process, f"http://127.0.0.1:{port}", log_path, START_TIMEOUT)
             yield Server(process, port, log_path)
         finally:
             stop(process)

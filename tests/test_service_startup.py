@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import edit_metadata, make_client
 
-from service.models import ModelLoadError, ModelRegistry
+from service.inference.format import ModelLoadError
+from service.inference.registry import ModelRegistry
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -138,11 +139,11 @@ def test_service_never_imports_torch(model_dir) -> None:
 import sys
 from fastapi.testclient import TestClient
 from service.app import create_app
-from service.config import Settings
+from service.process.settings import Settings
 with TestClient(create_app(Settings(model_dir=sys.argv[1]))) as c:
     assert c.get("/sample?n=2").status_code == 200
     assert c.post("/decode", json={"z": [[0, 0]]}).status_code == 200
-    import service.__main__, service.preprocessing, service.imaging  # noqa
+    import service.__main__, service.imaging.prepare, service.imaging.png  # noqa
 bad = sorted(m for m in sys.modules if m == "torch" or m.startswith(("torch.", "torchvision")))
 assert not bad, bad
 print("no torch")

@@ -1,5 +1,6 @@
-"""Several worker processes (service/workers.py): each serves, /metrics adds them up, SIGTERM
-drains and exits 0, a port in use or a broken model stops start-up with a non-zero status."""
+"""Several worker processes (service/process/workers.py): each serves, /metrics adds them up,
+SIGTERM drains and exits 0, a port in use or a broken model stops start-up with a non-zero
+status."""
 
 from __future__ import annotations
 
@@ -7,35 +8,21 @@ import contextlib
 import re
 import signal
 import socket
-import subprocess
 import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
+from conftest import wait_ready
 from test_service_server import free_port, start, stop
 
 WORKERS = 2
 
 
 def children(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            out += [int(p) for p in (task / "children").read_text().split()]
-    return out
-
-
-def wait_ready(process: subprocess.Popen, base: str, log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}: {log.read_text()}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                return
-        time.sleep(0.1)
-    pytest.fail(f"not ready in {timeout} s: {log.read_text()}")
+    """The worker processes: the supervisor's direct children."""
+    return [child.pid for child in psutil.Process(pid).children()]
 
 
 @pytest.fixture
@@ -46,7 +33,7 @@ def workers_server(model_dir: Path, tmp_path: Path):
         process = start(model_dir, port, out, VAE_WORKERS=str(WORKERS), VAE_ACCESS_LOG="false")
         try:
             base = f"http://127.0.0.1:{port}"
-            wait_ready(process, base, log)
+            wait_ready(process, base, log, 60)
             # Both workers listen once ready; the first one ready answered the probe above.
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and len(serving_pids(process.pid)) < WORKERS:

@@ -31,7 +31,7 @@ class OnnxModel:
     CHUNK = 1000
 
     def __init__(self, model_dir: Path):
-        from service.models import load_model
+        from service.inference.registry import load_model
 
         self._model = load_model(model_dir)
         self.metadata = self._model.metadata
@@ -79,7 +79,7 @@ def evaluate(
 
     started = time.perf_counter()
     model = OnnxModel(model_dir)
-    config = TrainConfig.from_dict(model.metadata["training"]["config"])
+    config = TrainConfig.from_dict((model.metadata.training or {})["config"])
     test = held_out_set(config, data_dir)
     train, _ = split_train_val(load_training_data(config.data_dir, config.limit), config.held_out)
 
@@ -125,8 +125,8 @@ def evaluate(
         result["figures"] = draw_figures(model, model_dir, test, z_mean, recon, normal_z)
     (model_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
     metadata = read_metadata(model_dir)
-    metadata["evaluation"] = result
-    metadata["figures"] = sorted(set(metadata.get("figures", [])) | set(result.get("figures", [])))
+    metadata.evaluation = result
+    metadata.figures = sorted(set(metadata.figures) | set(result.get("figures", [])))
     write_metadata(model_dir, metadata)
     return result
 

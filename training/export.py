@@ -2,7 +2,9 @@
 
 The metadata file (`metadata.json`) is the one source of truth the service reads: kind, z_dim,
 input shape and pixel convention, tensor names, the sha256 of each ONNX file, the training
-config and summary, and (once `vae-evaluate` has run) the evaluation metrics.
+config and summary, and (once `vae-evaluate` has run) the evaluation metrics. Its schema is the
+service's own (`service.inference.format.ModelMetadata`): what is written here is validated
+by the same definition the service loads it with.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from service.inference.format import FORMAT, ModelMetadata, parse_metadata
+from service.inference.format import read_metadata as _read_checked
+from service.inference.format import write_metadata as _write_checked
 from training.config import TrainConfig
 
-METADATA = "metadata.json"
-FORMAT = "vae-service-model/1"
 ENCODER_FILE, DECODER_FILE = "encoder.onnx", "decoder.onnx"
 LATENT_POINTS_FILE = "latent_points.json"
 PARITY_TOLERANCE = 1e-4
@@ -178,7 +181,7 @@ def export_model(
     name: str | None = None,
     training_summary: dict | None = None,
     latent_points: dict | None = None,
-) -> dict:
+) -> ModelMetadata:
     """Export `model` (an Autoencoder or VariationalAutoencoder) into `out_dir`.
 
     Writes encoder.onnx, decoder.onnx and metadata.json (plus latent_points.json when given:
@@ -210,7 +213,7 @@ def export_model(
     # The version names both graphs: a re-export that changes either one gets a new version.
     graphs_sha = hashlib.sha256(f"{encoder_sha}{decoder_sha}".encode()).hexdigest()
     now = dt.datetime.now(dt.UTC)
-    metadata = {
+    fields = {
         "format": FORMAT,
         "name": name or out_dir.name,
         "kind": kind,
@@ -239,17 +242,19 @@ def export_model(
     }
     if latent_points is not None:
         (out_dir / LATENT_POINTS_FILE).write_text(json.dumps(latent_points, separators=(",", ":")))
-        metadata["latent_points"] = LATENT_POINTS_FILE
+        fields["latent_points"] = LATENT_POINTS_FILE
+    metadata = parse_metadata(fields, out_dir / "metadata.json")
     write_metadata(out_dir, metadata)
     return metadata
 
 
-def write_metadata(model_dir: Path, metadata: dict) -> None:
-    (Path(model_dir) / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
+def write_metadata(model_dir: Path, metadata: ModelMetadata) -> None:
+    """Validate (again: fields may have been changed since parsing) and write metadata.json."""
+    _write_checked(model_dir, ModelMetadata.model_validate(metadata.model_dump()))
 
 
-def read_metadata(model_dir: Path) -> dict:
-    return json.loads((Path(model_dir) / METADATA).read_text())
+def read_metadata(model_dir: Path) -> ModelMetadata:
+    return _read_checked(Path(model_dir))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,8 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         "final_metrics": metrics[epochs - 1] if len(metrics) >= epochs else {},
     }
     with torch.no_grad():
-        z = model.encode(torch.from_numpy(val_set.images))
-        z = z[0] if isinstance(z, tuple) else z
+        z = model.encode_mean(torch.from_numpy(val_set.images))
     points = {
         # float64 before rounding, or the JSON carries float32 noise (0.6462000012397766).
         "z": np.round(z.numpy().astype(np.float64), 4).tolist(),
@@ -322,11 +326,11 @@ def main(argv: list[str] | None = None) -> int:
         plot_training_curves(
             metrics, args.out / "training_curves.png", f"{config.model.kind.upper()} training"
         )
-        metadata["figures"] = ["training_curves.png"]
+        metadata.figures = ["training_curves.png"]
         write_metadata(args.out, metadata)
     print(
-        f"exported {metadata['kind']} {metadata['version']} to {args.out} "
-        f"(parity max |diff| {metadata['parity_max_abs_diff']:.1e})"
+        f"exported {metadata.kind} {metadata.version} to {args.out} "
+        f"(parity max |diff| {metadata.parity_max_abs_diff:.1e})"
     )
     return 0
 

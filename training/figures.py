@@ -39,8 +39,7 @@ def save_grid(images: np.ndarray, path: Path, columns: int, scale: int = 2) -> N
 
 
 def _mean_latent(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    z = model.encode(x)
-    return z[0] if isinstance(z, tuple) else z
+    return model.encode_mean(x)
 
 
 @torch.no_grad()

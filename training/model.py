@@ -112,6 +112,10 @@ class Autoencoder(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)[0]
 
+    def encode_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """The point `x` encodes to (for the AE, its code)."""
+        return self.encode(x)
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)
 
@@ -134,6 +138,10 @@ class VariationalAutoencoder(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, log_var = self.encoder(x)
         return mu, log_var
+
+    def encode_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """The point `x` encodes to: the posterior mean mu."""
+        return self.encode(x)[0]
 
     def reparameterize(self, mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
         std = torch.exp(0.5 * log_var)

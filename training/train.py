@@ -109,8 +109,7 @@ def evaluate_loss(model: torch.nn.Module, digits: Digits, config: TrainConfig) -
         parts = compute_loss(model, x, config)
         for name in ("loss", "reconstruction", "kl", "mse"):
             totals[name] += float(getattr(parts, name)) * len(x)
-        z = model.encode(x)
-        mean_z = z[0] if isinstance(z, tuple) else z
+        mean_z = model.encode_mean(x)
         totals["mse_mu"] += float(per_image_mse(model.decode(mean_z), x).sum())
     return {name: value / len(images) for name, value in totals.items()}
 

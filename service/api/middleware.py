@@ -164,9 +164,9 @@ def _route_template(scope: Scope, routes: Sequence[BaseRoute]) -> str:
     """The matched route's path template ("/models/{name}"), never the raw path: bounded label
     cardinality for metrics. Requests answered before routing (a 413 on Content-Length) are
     matched against `routes` here."""
-    route = scope.get("route")
-    if isinstance(getattr(route, "path", None), str):
-        return route.path
+    path = getattr(scope.get("route"), "path", None)
+    if isinstance(path, str):
+        return path
     for candidate in routes:
         path = getattr(candidate, "path", None)
         if isinstance(path, str) and candidate.matches(scope)[0] == Match.FULL:

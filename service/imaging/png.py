@@ -25,7 +25,8 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     np.fmax(x, 0.0, out=x)  # fmax(NaN, 0) is 0
     np.fmin(x, 255.0, out=x)
     x += 0.5
-    return x.astype(np.uint8)
+    out: np.ndarray = x.astype(np.uint8)
+    return out
 
 
 def upscale(image: np.ndarray, scale: int) -> np.ndarray:
@@ -52,8 +53,8 @@ def grid(images: np.ndarray, scale: int = 1, gap: int = GRID_GAP) -> np.ndarray:
         images.repeat(scale, axis=1).repeat(scale, axis=2) if scale > 1 else images
     )
     cells[count:, :cell_h, :cell_w] = 0
-    out = cells.reshape(rows, cols, cell_h + gap, cell_w + gap).transpose(0, 2, 1, 3)
-    out = out.reshape(rows * (cell_h + gap), cols * (cell_w + gap))
+    blocks = cells.reshape(rows, cols, cell_h + gap, cell_w + gap).transpose(0, 2, 1, 3)
+    out = blocks.reshape(rows * (cell_h + gap), cols * (cell_w + gap))
     return np.ascontiguousarray(out[: out.shape[0] - gap, : out.shape[1] - gap])
 
 

@@ -31,7 +31,6 @@ import socket
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 APP = "service.app:create_app"
@@ -40,27 +39,6 @@ METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _PR_SET_PDEATHSIG = 1
 
 logger = logging.getLogger("service")
-
-
-def available_cpus() -> int:
-    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota if any."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    with contextlib.suppress(OSError, ValueError):
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max" and int(period) > 0:
-            cpus = min(cpus, max(1, -(-int(quota) // int(period))))
-    return max(1, cpus)
-
-
-def layout(workers: int = 0, intra_op_threads: int = 0) -> tuple[int, int]:
-    """(worker processes, onnxruntime threads per inference) for the settings VAE_WORKERS and
-    VAE_INTRA_OP_THREADS, 0 meaning automatic: one worker per CPU, CPUs / workers threads."""
-    cpus = available_cpus()
-    workers = workers or cpus
-    return workers, intra_op_threads or max(1, cpus // workers)
 
 
 def _socket(host: str, port: int) -> socket.socket:

@@ -1,57 +1,63 @@
-"""FastAPI dependencies: settings, the model registry, the chosen model, uploaded image bytes.
+"""Uploaded images: read from the request (multipart or raw bytes), then prepared for a model.
 
-Routes take them through the `Annotated` aliases at the bottom. The upload readers are `async`
-(they await the body) so the sync inference handlers receive plain bytes.
+The readers are `async` dependencies (they await the body), so handlers get plain bytes; image
+errors become HTTP errors here, with the status each kind of problem deserves.
 """
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Query, Request
-from starlette.datastructures import UploadFile
+import numpy as np
+from fastapi import Depends, HTTPException, Request
+from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.config import Settings
-from service.models import Model, ModelRegistry
+from service.api.deps import get_settings, validation_error
+from service.api.schemas import Preprocess
+from service.imaging.prepare import preprocess_bytes
+from service.imaging.uploads import (
+    CorruptImageError,
+    EmptyImageError,
+    ImageInputError,
+    ImageTooLargeError,
+    NoDigitError,
+    UnsupportedImageError,
+)
+from service.inference.model import Model
+from service.process.settings import Settings
 
 UPLOAD_HINT = (
     "send a multipart/form-data upload in field '{field}', or the raw image bytes with "
     "Content-Type image/* (or application/octet-stream)"
 )
+IMAGE_ERROR_STATUS: dict[type[ImageInputError], int] = {
+    EmptyImageError: 400,
+    CorruptImageError: 400,
+    UnsupportedImageError: 415,
+    ImageTooLargeError: 413,
+    NoDigitError: 422,
+}
+# Images come as file parts (bounded by VAE_MAX_UPLOAD_BYTES); text fields are never used, so
+# a few small ones are plenty.
+MAX_TEXT_FIELDS = 16
+MAX_TEXT_FIELD_BYTES = 4096
 
 
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
-async def get_registry(request: Request) -> ModelRegistry:
-    registry = getattr(request.app.state, "registry", None)
-    if registry is None:  # only before start-up finished
-        raise HTTPException(503, "models are not loaded yet")
-    return registry
-
-
-RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-
-
-async def get_model(
-    registry: RegistryDep,
-    model: Annotated[
-        str | None,
-        Query(description="model name (see GET /models); default: VAE_DEFAULT_MODEL"),
-    ] = None,
-) -> Model:
-    name = registry.default if model is None else model
-    if name not in registry:
-        raise HTTPException(404, f"unknown model {name!r}; known models: {registry.names}")
-    return registry.get(name)
-
-
-def validation_error(loc: list[str | int], msg: str, kind: str = "value_error") -> HTTPException:
-    """A 422 shaped like FastAPI's own validation errors (never echoing the input)."""
-    return HTTPException(422, [{"type": kind, "loc": loc, "msg": msg}])
+def prepare(
+    images: list[bytes], model: Model, preprocess: Preprocess, settings: Settings
+) -> np.ndarray:
+    """Uploaded bytes -> (N, C, H, W) in the model's convention; image errors as HTTP errors."""
+    arrays = []
+    for i, data in enumerate(images):
+        try:
+            arrays.append(
+                preprocess_bytes(data, preprocess.value, model.image_size, settings.max_pixels)
+            )
+        except ImageInputError as exc:
+            where = f"files[{i}]: " if len(images) > 1 else ""
+            raise HTTPException(IMAGE_ERROR_STATUS.get(type(exc), 400), where + str(exc)) from None
+    return model.to_model_pixels(np.stack(arrays))
 
 
 def _media_type(request: Request) -> str:
@@ -65,11 +71,11 @@ def _has_no_body(request: Request) -> bool:
     return "transfer-encoding" not in request.headers
 
 
-async def _form(request: Request, max_files: int, field: str):
+async def _form(request: Request, max_files: int, field: str) -> FormData:
     try:
-        # Images come as file parts (bounded by VAE_MAX_UPLOAD_BYTES); text fields are never
-        # used, so a few small ones are plenty.
-        return await request.form(max_files=max_files, max_fields=16, max_part_size=4096)
+        return await request.form(
+            max_files=max_files, max_fields=MAX_TEXT_FIELDS, max_part_size=MAX_TEXT_FIELD_BYTES
+        )
     except StarletteHTTPException as exc:  # Starlette's, which FastAPI's subclasses
         if exc.status_code == 400 and str(exc.detail).startswith("Too many files"):
             raise validation_error(
@@ -135,6 +141,5 @@ async def read_images(request: Request) -> list[bytes]:
         await form.close()
 
 
-ModelDep = Annotated[Model, Depends(get_model)]
 ImageUpload = Annotated[bytes, Depends(read_image)]
 ImageUploads = Annotated[list[bytes], Depends(read_images)]

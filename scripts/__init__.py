@@ -1,0 +1,1 @@
+"""Operational scripts, run as modules from the repository root: `python -m scripts.soak`."""

@@ -1,0 +1,238 @@
+"""The model format: what a model folder's `metadata.json` holds, defined once.
+
+`vae-export` writes it through `ModelMetadata`, the service validates every folder with it at
+start-up, and `GET /models` returns it, so the three can never disagree. Its JSON Schema is
+published as docs/model-format.schema.json (`python -m service.inference.format --schema`
+writes it; a test keeps it current), for people who write models for the service with other
+tools.
+
+A model folder: `metadata.json`, the two ONNX graphs it names (checked by sha256, tensor names,
+shapes and dtypes in `service.inference.registry`), and optionally the latent points file and
+the figures it lists. No torch here: training imports this module, never the reverse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
+
+FORMAT = "vae-service-model/1"
+METADATA = "metadata.json"
+ModelKind = Literal["vae", "ae"]
+# The encoder's outputs by model kind, in order.
+KIND_OUTPUTS: dict[str, list[str]] = {"vae": ["mu", "log_var"], "ae": ["z"]}
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "docs" / "model-format.schema.json"
+
+
+class ModelLoadError(RuntimeError):
+    """A model folder is missing, incomplete or inconsistent; the message names the file."""
+
+
+def _plain_file_name(name: str) -> str:
+    """A file inside the model folder: no path, nothing hidden (nothing can escape it)."""
+    if not name or Path(name).name != name or name.startswith("."):
+        raise ValueError(f"{name!r} is not a plain file name")
+    return name
+
+
+FileName = Annotated[str, AfterValidator(_plain_file_name)]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="hex sha256 of the file")]
+TensorName = Annotated[str, Field(min_length=1)]
+
+
+class PixelSpec(BaseModel):
+    """The encoder's input (and the decoder's output): shape and pixel convention."""
+
+    model_config = ConfigDict(extra="allow")
+
+    shape: tuple[
+        Annotated[StrictInt, Field(gt=0)],
+        Annotated[StrictInt, Field(gt=0)],
+        Annotated[StrictInt, Field(gt=0)],
+    ] = Field(description="[C, H, W] of one image (the batch axis is dynamic)")
+    dtype: Literal["float32"] = "float32"
+    range: tuple[float, float] = Field(
+        (0.0, 1.0), description="[low, high]: the values of background and full ink"
+    )
+    layout: Literal["NCHW"] = "NCHW"
+    foreground: Literal["light", "dark"] = Field(
+        "light", description="light: ink is `high` on a `low` background (as MNIST)"
+    )
+    background: Literal["light", "dark"] | None = None
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> PixelSpec:
+        low, high = self.range
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise ValueError(f"range must be finite [low, high] with low < high, not {self.range}")
+        channels, height, width = self.shape
+        if channels != 1 or height != width:
+            raise ValueError(
+                f"shape {list(self.shape)}: this service serves square 1-channel (grayscale) models"
+            )
+        return self
+
+
+class EncoderSpec(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    file: FileName
+    sha256: Sha256
+    input: TensorName = Field(description="input tensor name, (N, C, H, W) float32")
+    outputs: list[TensorName] = Field(
+        description="output tensor names, each (N, z_dim): ['mu', 'log_var'] or ['z']"
+    )
+
+
+class DecoderSpec(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    file: FileName
+    sha256: Sha256
+    input: TensorName = Field(description="input tensor name, (N, z_dim) float32")
+    output: TensorName = Field(description="output tensor name, (N, C, H, W) float32")
+
+
+class ModelMetadata(BaseModel):
+    """A model folder's metadata.json (format `vae-service-model/1`).
+
+    Keys this version does not define are kept (and returned by /models) but not used."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        title="vae-service model metadata",
+        json_schema_extra={"$id": "https://vae-service/model-format/1"},
+    )
+
+    format: Literal["vae-service-model/1"] = Field(description="this schema's name and version")
+    name: str = Field(min_length=1, description="the name requests use (?model=)")
+    kind: ModelKind = Field(description="'vae' or 'ae'")
+    version: str | None = Field(None, description="changes whenever either graph changes")
+    created: str | None = Field(None, description="export time, ISO 8601")
+    z_dim: Annotated[StrictInt, Field(ge=1)]
+    input: PixelSpec
+    encoder: EncoderSpec
+    decoder: DecoderSpec
+    parity_max_abs_diff: float | None = Field(
+        None, description="largest |ONNX - PyTorch| output difference measured at export"
+    )
+    training: dict[str, Any] | None = Field(None, description="the config and a run summary")
+    evaluation: dict[str, Any] | None = Field(None, description="vae-evaluate's figures")
+    libraries: dict[str, str] | None = Field(None, description="versions used to export")
+    latent_points: FileName | None = Field(
+        None, description="JSON file of encoded held-out images: {z: [[...]], labels: [...]}"
+    )
+    figures: list[FileName] = Field(
+        default_factory=list, description="figure files served at /models/{name}/figures/"
+    )
+
+    @model_validator(mode="after")
+    def _outputs_match_kind(self) -> ModelMetadata:
+        if self.encoder.outputs != KIND_OUTPUTS[self.kind]:
+            raise ValueError(
+                f"encoder.outputs is {self.encoder.outputs!r}; a {self.kind} model has "
+                f"{KIND_OUTPUTS[self.kind]!r}"
+            )
+        return self
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.input.shape
+
+    def to_json(self) -> str:
+        """The metadata.json text (2-space indent, trailing newline)."""
+        return json.dumps(self.model_dump(mode="json"), indent=2) + "\n"
+
+
+def _describe(error: Any) -> str:
+    where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = error["msg"]
+    if error["type"] in ("missing",):
+        return f"missing key {where!r}"
+    got = error.get("input")
+    shown = "" if isinstance(got, dict | list) else f" (got {got!r:.80})"
+    return f"{where}: {message}{shown}"
+
+
+def parse_metadata(data: Any, where: Path | str) -> ModelMetadata:
+    """Validate already parsed JSON; ModelLoadError naming `where` and the first bad fields."""
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{where}: expected a JSON object")
+    if data.get("format") != FORMAT:
+        raise ModelLoadError(
+            f"{where}: format is {data.get('format')!r}, this service reads {FORMAT!r}"
+        )
+    try:
+        return ModelMetadata.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors()[:3])
+        raise ModelLoadError(f"{where}: {problems}") from None
+
+
+def read_metadata(folder: Path) -> ModelMetadata:
+    """Parse and check a model folder's metadata.json (structure only: the files it names are
+    checked by `service.inference.registry.load_model`)."""
+    path = Path(folder) / METADATA
+    if not path.is_file():
+        raise ModelLoadError(
+            f"{path}: file not found (a model folder needs {METADATA}, written by vae-export)"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{path}: cannot read it as JSON ({exc})") from None
+    return parse_metadata(data, path)
+
+
+def write_metadata(folder: Path, metadata: ModelMetadata) -> None:
+    (Path(folder) / METADATA).write_text(metadata.to_json())
+
+
+def json_schema() -> str:
+    """The published JSON Schema text of metadata.json."""
+    return json.dumps(ModelMetadata.model_json_schema(), indent=2) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m service.inference.format",
+        description="Write the JSON Schema of a model folder's metadata.json, or check folders.",
+    )
+    parser.add_argument(
+        "--schema", action="store_true", help=f"write the schema to {SCHEMA_PATH.name}"
+    )
+    parser.add_argument("--out", type=Path, default=SCHEMA_PATH, help="where --schema writes")
+    parser.add_argument("folders", nargs="*", type=Path, help="model folders to validate")
+    args = parser.parse_args(argv)
+    if args.schema:
+        args.out.write_text(json_schema())
+        print(f"wrote {args.out}")
+    status = 0
+    for folder in args.folders:
+        try:
+            metadata = read_metadata(folder)
+        except ModelLoadError as exc:
+            print(f"invalid: {exc}", file=sys.stderr)
+            status = 1
+        else:
+            print(f"ok: {folder} ({metadata.kind} {metadata.name!r}, z_dim {metadata.z_dim})")
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
