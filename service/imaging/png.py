@@ -9,8 +9,8 @@ import zlib
 
 import numpy as np
 
-# zlib level 1: on a 16-image grid of 4x-scaled digits level 6 took ~3x as long for a file
-# ~20% smaller (level 9: ~25x as long); the service is CPU-bound, not bandwidth-bound.
+# zlib level 1: higher levels take several times as long for files only a little smaller, and
+# the service is CPU-bound, not bandwidth-bound (BENCHMARKS.md, "The compute floor").
 PNG_COMPRESS_LEVEL = 1
 GRID_GAP = 2
 GAP_VALUE = 128  # mid-grey gaps: visible between black-background digits
@@ -19,8 +19,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """[0, 1] floats (any shape) -> uint8, rounded (a 28x28 PNG of it is lossless 8-bit); NaN
-    and -inf give 0, +inf 255. In place on one float32 copy: 15 us instead of 26 for 16
-    digits."""
+    and -inf give 0, +inf 255. In place on one float32 copy (fewer temporaries)."""
     x = np.multiply(images, 255.0, dtype=np.float32)
     np.fmax(x, 0.0, out=x)  # fmax(NaN, 0) is 0
     np.fmin(x, 255.0, out=x)
@@ -66,9 +65,9 @@ def png_bytes(image: np.ndarray) -> bytes:
     """A 2-D uint8 array -> 8-bit grayscale PNG bytes.
 
     Written here with zlib rather than through Pillow: the same lossless file (filter type 0 on
-    every row, zlib level PNG_COMPRESS_LEVEL), at a third of Pillow's cost for a 28x28 digit
-    (10 us vs 28 us) and half for a 16-digit grid (70 us vs 135 us): Pillow's per-image setup
-    dominates at these sizes (bench/compute.py, BENCHMARKS.md). Filter 0 also gives the
+    every row, zlib level PNG_COMPRESS_LEVEL), at a fraction of Pillow's cost for one digit or
+    a 16-digit grid: Pillow's per-image setup dominates at these sizes (BENCHMARKS.md, "The
+    compute floor", PNG encoding). Filter 0 also gives the
     smallest files here: black backgrounds are runs of zeros already.
     """
     image = np.asarray(image, dtype=np.uint8)

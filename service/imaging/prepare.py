@@ -61,8 +61,9 @@ def _border(gray: np.ndarray) -> np.ndarray:
 
 
 def _sorted_median(sorted_values: np.ndarray) -> float:
-    """np.median of an already sorted 1-D array: np.median's own checks cost ~14 us a call,
-    several times the sort of a 100-pixel border, and /encode runs this on every request."""
+    """np.median of an already sorted 1-D array: np.median's own checks cost several times the
+    sort of a 100-pixel border, and /encode runs this on every request (BENCHMARKS.md, "What
+    changed in the service, and why", 7)."""
     n = len(sorted_values)
     middle = n // 2
     if n % 2:

@@ -44,12 +44,12 @@ def _malloc_trim() -> Callable[[], None]:
 
     Without onnxruntime's arena (see `session_options`) a big batch's buffers go back to
     malloc, but glibc keeps the pages: after a big free it raises its mmap threshold, so the
-    next big buffers come from the heap, where blocks freed out of order fragment it. Measured:
-    +330 MB per worker after 2,000 /encode/batch requests of 64 images at 8 connections, +13 MB
-    with a trim after each big batch (~0.1 ms, against tens of ms for the batch itself). A
-    fixed mmap threshold instead would page-fault every big buffer: 50% slower inference.
-    Together with `limit_malloc_arenas` and at most 2 big requests at a time per worker
-    (service/api/scheduling.py), a worker's RSS stays within ~15 MB of its warm size."""
+    next big buffers come from the heap, where blocks freed out of order fragment it; a trim
+    after each big batch costs a fraction of a millisecond against tens for the batch. A fixed
+    mmap threshold instead would page-fault every big buffer and slow inference down. Together
+    with `limit_malloc_arenas` and at most `OFFLOAD_THREADS` big requests at a time per worker
+    (service/api/scheduling.py), a worker's RSS stays flat: figures in BENCHMARKS.md, "Memory",
+    and "What changed in the service, and why" (8, flat memory)."""
     try:
         trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
@@ -105,9 +105,9 @@ def session_options(intra_op_threads: int = 1, allow_spinning: bool = False) -> 
       over threads gains less than running calls side by side, one per core.
     - `allow_spinning` off: with threads > 1, idle pool threads spin for a while waiting for
       work by default; under concurrent requests that burns the cores the other requests need.
-    - No memory arena: onnxruntime's arena keeps the largest batch's buffers for good (+140 MB
-      per worker after one batch of 256, measured); without it they go back to malloc, at no
-      measurable cost in speed at these sizes.
+    - No memory arena: onnxruntime's arena keeps the largest batch's buffers for good (about a
+      hundred MB per worker after one batch of 256); without it they go back to malloc, at no
+      measurable cost in speed at these sizes (BENCHMARKS.md, "Memory").
     - Sequential execution and full graph optimisation (onnxruntime's defaults, stated).
     """
     options = ort.SessionOptions()

@@ -3,8 +3,8 @@
 Why not uvicorn's own `--workers`: its workers share one listening socket, and whichever
 process wakes first accepts every connection waiting (uvloop accepts in a loop). A burst of
 keep-alive connections (a load balancer's pool, a benchmark's 32 clients) then often lands on
-one worker while the other idles: measured on 2 cores, /encode at 32 connections ran at
-~1,000 requests/s in such runs against ~1,750 when the connections were spread. Here each
+one worker while the other idles, and such runs do about half the requests/s (BENCHMARKS.md,
+"What changed in the service, and why", 1). Here each
 worker binds its own socket with SO_REUSEPORT, and the kernel spreads new connections evenly
 over the workers' sockets. A worker only listens once its models are loaded (uvicorn calls
 listen() after the lifespan start-up), so no connection waits on a worker still starting.
