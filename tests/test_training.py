@@ -15,7 +15,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+import torch.nn.functional as F
 
+from training.classifier import JUDGE_EPOCHS, judge_epochs
 from training.config import ModelConfig, TrainConfig
 from training.data import (
     DataError,
@@ -25,10 +27,21 @@ from training.data import (
     read_idx,
     split_train_val,
 )
+from training.evaluate import knn_accuracy
 from training.export import ParityError, as_conv, check_parity, export_model
 from training.losses import kl_divergence
 from training.model import build_model
-from training.train import random_affine, train
+from training.train import (
+    ConfigError,
+    Distributed,
+    distributed_from_env,
+    per_rank_batch_size,
+    random_affine,
+    random_shift,
+    resolve_device,
+    shard_batches,
+    train,
+)
 
 BIN = Path(sys.executable).parent
 
@@ -228,6 +241,10 @@ def test_train_cli_writes_a_run_folder(tmp_path, idx_dir):
     for m in metrics:
         assert m["train_kl"] > 0 and m["train_reconstruction"] > 0
         assert m["train_loss"] == pytest.approx(m["train_reconstruction"] + m["train_kl"])
+        assert m["device"] == "cpu" and m["processes"] == 1  # the default: one CPU process
+        assert 0 < m["train_seconds"] <= m["seconds"]
+    assert config["device"] == "cpu"
+    assert "on cpu ->" in result.stderr
     checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
     assert checkpoint["epoch"] == 2 and "optimizer" in checkpoint
     best = torch.load(run / "best.pt", weights_only=True)
@@ -258,6 +275,7 @@ def test_train_help_documents_every_flag():
         "--augment-shift",
         "--augment-rotation",
         "--augment-scale",
+        "--device",
     ):
         assert flag in result.stdout
 
@@ -282,6 +300,97 @@ def test_resume_equals_uninterrupted_run(tmp_path, kind):
     lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2
     assert json.loads(lines[-1])["train_loss"] == straight["train_loss"]
+
+
+def test_same_seed_trains_the_same_weights_bit_for_bit(tmp_path):
+    """The CPU path is deterministic: two runs of one config agree exactly (weights, optimizer
+    state and metrics), augmentation, dropout and the VAE's sampling included."""
+    config = TrainConfig(
+        model=ModelConfig(kind="vae", use_dropout=True), epochs=1, limit=200, val_size=40,
+        figures_every=0, threads=1, augment_shift=2,
+    )  # fmt: skip
+    first = train(config, tmp_path / "a", progress=False)
+    second = train(config, tmp_path / "b", progress=False)
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    for state_a, state_b in zip(
+        a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True
+    ):
+        assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    assert {k: v for k, v in first.items() if "seconds" not in k} == {
+        k: v for k, v in second.items() if "seconds" not in k
+    }
+
+
+def test_random_shift_is_one_crop_per_image():
+    """The vectorised shift copies exactly the crops a per-image slice takes (the loop it
+    replaced), with the same draws from the generator."""
+    images = torch.from_numpy(load_default().images[:50])
+    shifted = random_shift(images, 3, torch.Generator().manual_seed(7))
+    generator = torch.Generator().manual_seed(7)
+    padded = F.pad(images, (3,) * 4)
+    offsets = torch.randint(0, 7, (50, 2), generator=generator)
+    expected = torch.stack(
+        [padded[i, :, dy : dy + 28, dx : dx + 28] for i, (dy, dx) in enumerate(offsets.tolist())]
+    )
+    assert torch.equal(shifted, expected)
+    assert shifted.is_contiguous()
+
+
+@pytest.mark.parametrize(("n", "batch", "world"), [(10, 4, 1), (10, 4, 2), (11, 6, 3), (2, 4, 4)])
+def test_shard_batches_split_each_global_batch_over_the_ranks(n, batch, world):
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    shards = [shard_batches(order, batch, rank, world) for rank in range(world)]
+    if world == 1:  # exactly the single process's slices
+        assert [b.tolist() for b in shards[0]] == [
+            order[s : s + batch].tolist() for s in range(0, n, batch)
+        ]
+    # Every rank: the same number of steps, equal sizes at each step, batch / world at most.
+    assert len({len(s) for s in shards}) == 1
+    for step in zip(*shards, strict=True):
+        assert len({len(b) for b in step}) == 1 and len(step[0]) <= batch // world
+    # Over one epoch the ranks see every image, each once bar the padding (< world repeats).
+    seen = torch.cat([b for s in shards for b in s]).tolist()
+    assert set(seen) == set(range(n)) and len(seen) == -(-n // world) * world
+    # Step k of all ranks together is the single process's batch k (as DistributedSampler).
+    padded = (order.tolist() * world)[: len(seen)]
+    for k, step in enumerate(zip(*shards, strict=True)):
+        together = sorted(i for b in step for i in b.tolist())
+        assert together == sorted(padded[k * batch : (k + 1) * batch])
+
+
+def test_distributed_settings_and_their_errors():
+    assert distributed_from_env({}) == Distributed()
+    assert not Distributed().enabled and Distributed().is_main
+    launch = distributed_from_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"})
+    assert launch == Distributed(rank=1, world_size=2, local_rank=1, enabled=True)
+    assert not launch.is_main
+    with pytest.raises(ConfigError, match="outside"):
+        distributed_from_env({"RANK": "2", "WORLD_SIZE": "2"})
+    assert per_rank_batch_size(32, 2) == 16
+    with pytest.raises(ConfigError, match="multiple of 2"):
+        per_rank_batch_size(33, 2)
+    with pytest.raises(ConfigError, match="multiple of 2"):
+        shard_batches(torch.arange(10), 5, 0, 2)
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="device must be"):
+        resolve_device("tpu")
+    with pytest.raises(ValueError, match="device must be"):
+        TrainConfig(device="tpu")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            resolve_device("cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a CPU-only machine")
+def test_train_cli_without_cuda_is_a_clear_error(tmp_path):
+    result = run_cli("vae-train", "--device", "cuda", "--limit", "100", "--out",
+                     str(tmp_path / "run"))  # fmt: skip
+    assert result.returncode == 2
+    assert "no CUDA device" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_random_affine_keeps_digits_and_is_identity_at_zero():
@@ -319,6 +428,75 @@ def test_resume_without_a_run_folder_is_a_clear_error(tmp_path):
     result = run_cli("vae-train", "--resume", str(tmp_path / "nothing"))
     assert result.returncode == 2
     assert "not a run folder" in result.stderr
+
+
+# --- evaluation ---------------------------------------------------------------------------
+
+
+def test_knn_accuracy_separated_clusters_random_labels_and_ties():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 4000)
+    centres = rng.standard_normal((10, 3)) * 100
+    clustered = centres[labels] + rng.standard_normal((4000, 3))
+    assert knn_accuracy(clustered, labels) == 1.0
+    # Labels unrelated to the points: chance, 1 in 10.
+    noise = rng.standard_normal((10_000, 2))
+    assert knn_accuracy(noise, rng.integers(0, 10, 10_000)) == pytest.approx(0.1, abs=0.02)
+    # Deterministic, also with many equal distances (points on a small integer grid).
+    grid = rng.integers(0, 3, (600, 2)).astype(np.float32)
+    grid_labels = rng.integers(0, 3, 600)
+    assert knn_accuracy(grid, grid_labels) == knn_accuracy(grid, grid_labels)
+    # Fit on the first half of the seed-0 permutation, scored on the second. The scored points
+    # all lie at 1000; their 5 nearest references hold two 7s, two 3s and a 5: a tied vote,
+    # which goes to the label of the nearest neighbour (7 here, not the smaller label 3).
+    order = np.random.default_rng(0).permutation(20)
+    reference, scored = order[:10], order[10:]
+    points = np.zeros((20, 1))
+    tags = np.zeros(20, dtype=int)
+    points[scored], tags[scored] = 1000, 7
+    points[reference[:5], 0] = [999, 999.5, 998, 998.5, 997]
+    tags[reference[:5]] = [7, 7, 3, 3, 5]
+    assert knn_accuracy(points, tags) == 1.0
+    points[reference[:4], 0] = [998, 998.5, 999, 999.5]  # now the 3s are nearer
+    assert knn_accuracy(points, tags) == 0.0
+    with pytest.raises(ValueError, match="at least 10"):
+        knn_accuracy(np.zeros((9, 2)), np.zeros(9))
+
+
+def test_judge_epochs_scale_with_the_training_set():
+    assert judge_epochs(4500) == JUDGE_EPOCHS == 40  # the default data: as it always was
+    assert judge_epochs(240) == 40  # smaller sets never get more than the recipe
+    assert judge_epochs(9000) == 20
+    assert judge_epochs(55_000) == 4  # MNIST's training split: 1.2x the images, not 12x
+    assert judge_epochs(10**7) == 4
+
+
+def test_evaluate_scales_the_judge_unless_told_and_scores_the_latents(fresh_model_dir, monkeypatch):
+    """evaluate() gives the judge judge_epochs(training images) unless --classifier-epochs says
+    otherwise, records the count, and adds the latent 5-NN accuracy (here on the tiny model's
+    own 500-image validation split)."""
+    import training.classifier
+    import training.evaluate
+    from training.classifier import DigitClassifier
+
+    asked = []
+
+    def fake_judge(digits, epochs, seed, cache_dir, progress=True):
+        asked.append((len(digits), epochs))
+        torch.manual_seed(0)
+        return DigitClassifier().eval()
+
+    monkeypatch.setattr(training.classifier, "load_or_train_classifier", fake_judge)
+    monkeypatch.setattr(training.evaluate, "judge_epochs", lambda n: {4500: 7}[n])
+    model = fresh_model_dir / "ae"
+    result = training.evaluate.evaluate(model, None, samples=200, figures=False, progress=False)
+    assert asked == [(4500, 7)]
+    assert result["classifier"]["epochs"] == 7 and result["classifier"]["train_images"] == 4500
+    assert 0 <= result["latent_knn5_accuracy"] <= 1 and result["images"] == 500
+    assert "5-NN accuracy" in training.evaluate.summary_line("ae", result)
+    given = training.evaluate.evaluate(model, None, classifier_epochs=2, samples=200,
+                                       figures=False, progress=False)  # fmt: skip
+    assert asked[-1] == (4500, 2) and given["classifier"]["epochs"] == 2
 
 
 # --- export -------------------------------------------------------------------------------
@@ -423,6 +601,8 @@ def test_export_and_evaluate_cli(tmp_path, idx_dir):
     assert "box samples" in result.stdout  # the AE is also sampled over its encodings' box
     evaluation = json.loads((model_dir / "metadata.json").read_text())["evaluation"]
     assert evaluation["images"] == 200
+    assert evaluation["classifier"]["epochs"] == 1  # --classifier-epochs, not the scaled count
+    assert 0 <= evaluation["latent_knn5_accuracy"] <= 1
     assert 0 < evaluation["reconstruction_mse_per_pixel"] < 0.2
     shares = evaluation["samples_normal"]["class_shares"]
     assert sum(shares) == pytest.approx(1.0, abs=1e-3)

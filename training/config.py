@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 ModelKind = Literal["vae", "ae"]
 Likelihood = Literal["mse", "bce"]
+Device = Literal["cpu", "cuda", "auto"]
+DEVICES: tuple[Device, ...] = ("cpu", "cuda", "auto")
 
 
 @dataclass
@@ -83,6 +85,13 @@ class TrainConfig:
     augment_scale: float = 0.0
     figures_every: int = 10
     threads: int | None = None
+    # Where to train: 'cpu' (the default; deterministic), 'cuda', or 'auto' (CUDA when torch
+    # sees a GPU). The device a run actually used is in each line of its metrics.jsonl.
+    device: Device = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
 
     @property
     def held_out(self) -> int:

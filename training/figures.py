@@ -50,10 +50,11 @@ def save_progress_figures(
     out_dir.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     model.eval()
-    samples = model.decode(fixed_z).numpy()
+    device = next(model.parameters()).device
+    samples = model.decode(fixed_z.to(device)).cpu().numpy()
     save_grid(samples, out_dir / f"epoch_{epoch:04d}_samples.png", columns=8)
     x = torch.from_numpy(val_images.images[:16])
-    recon = model.decode(_mean_latent(model, x)).numpy()
+    recon = model.decode(_mean_latent(model, x.to(device))).cpu().numpy()
     save_grid(np.concatenate([x.numpy(), recon]), out_dir / f"epoch_{epoch:04d}_recon.png", 16)
     model.train(was_training)
 

@@ -1,19 +1,38 @@
-"""`vae-train`: train the AE or VAE, with a run folder, per-epoch checkpoints and resume."""
+"""`vae-train`: train the AE or VAE, with a run folder, per-epoch checkpoints and resume.
+
+One process on the CPU is the default, and deterministic: the same command trains the same
+weights, bit for bit. `--device cuda` (or `auto`: CUDA when torch sees a GPU) trains on a GPU.
+Under torchrun the same command trains data-parallel (DistributedDataParallel: gloo on the CPU,
+nccl on CUDA); without torchrun nothing of it is used:
+
+    torchrun --nproc_per_node 2 -m training.train --kind vae --threads 1 --out runs/vae ...
+
+Each process takes a disjoint shard of the same per-epoch permutation (as DistributedSampler
+with shuffle=True, drop_last=False), `--batch-size` stays the global batch (each process takes
+batch_size / world_size of it), and only rank 0 writes the run folder. Checkpoints hold CPU
+tensors whatever the device, so export and resume work on any machine.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from training.config import ModelConfig, TrainConfig
+from training.config import DEVICES, ModelConfig, TrainConfig
 from training.data import DataError, Digits, load_training_data, split_train_val
 from training.losses import kl_divergence, per_image_mse, reconstruction_term
 from training.model import build_model
@@ -27,6 +46,94 @@ CONFIG = "config.json"
 DATA = "data.json"
 
 
+class ConfigError(ValueError):
+    """A run that cannot start as configured: its device, or its batch for the world size."""
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a torchrun launch (rank 0 of 1 without one)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    # True under torchrun (RANK and WORLD_SIZE in the environment), even with one process.
+    enabled: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def distributed_from_env(env: dict[str, str] | None = None) -> Distributed:
+    """The launch that torchrun describes in RANK, WORLD_SIZE and LOCAL_RANK; none without."""
+    env = dict(os.environ) if env is None else env
+    if "RANK" not in env or "WORLD_SIZE" not in env:
+        return Distributed()
+    rank, world_size = int(env["RANK"]), int(env["WORLD_SIZE"])
+    if not 0 <= rank < world_size:
+        raise ConfigError(f"RANK {rank} is outside WORLD_SIZE {world_size}")
+    return Distributed(rank, world_size, int(env.get("LOCAL_RANK", rank)), enabled=True)
+
+
+def resolve_device(requested: str, dist: Distributed | None = None) -> torch.device:
+    """'cpu', 'cuda' or 'auto' (CUDA when torch sees a GPU, else the CPU) as the device this
+    process trains on: under torchrun, CUDA device LOCAL_RANK."""
+    if requested not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, not {requested!r}")
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("--device cuda: torch sees no CUDA device (use --device auto or cpu)")
+    index = dist.local_rank if dist is not None and dist.enabled else 0
+    if index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"local rank {index} has no GPU of its own ({torch.cuda.device_count()} visible): "
+            "start at most one process per GPU"
+        )
+    return torch.device("cuda", index)
+
+
+def per_rank_batch_size(batch_size: int, world_size: int) -> int:
+    """The global batch split evenly over the processes; an error where it does not divide."""
+    if batch_size < 1 or batch_size % world_size:
+        raise ConfigError(
+            f"batch size {batch_size} does not split over {world_size} processes: "
+            f"--batch-size is the global batch, so it must be a multiple of {world_size}"
+        )
+    return batch_size // world_size
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of one epoch's randomness in one process. Rank 0 keeps the single-process
+    seed (so one process under torchrun trains what a plain run trains); other ranks get
+    seeds of their own, mixed from (seed, epoch, rank)."""
+    if rank == 0:
+        return seed * 100_003 + epoch
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+def shard_batches(
+    order: torch.Tensor, batch_size: int, rank: int = 0, world_size: int = 1
+) -> list[torch.Tensor]:
+    """This rank's batches of one epoch's permutation `order`, batch_size / world_size each.
+
+    As DistributedSampler(shuffle=True, drop_last=False): the permutation is padded with its
+    own start to a multiple of world_size, and rank r takes every world_size-th index from r.
+    Every rank so has the same number of equal-sized batches, and step k of all the ranks
+    together covers order[k * batch_size : (k + 1) * batch_size], the single process's batch
+    k (bar the padding). With one process these are exactly the slices of `order`.
+    """
+    local = per_rank_batch_size(batch_size, world_size)
+    if world_size > 1:
+        n = len(order)
+        total = math.ceil(n / world_size) * world_size
+        if total > n:
+            order = torch.cat([order, order.repeat(math.ceil((total - n) / n))[: total - n]])
+        order = order[rank:total:world_size]
+    return [order[start : start + local] for start in range(0, len(order), local)]
+
+
 @dataclass
 class LossParts:
     """Batch-mean loss parts; `mse` is per-pixel MSE, comparable between AE and VAE."""
@@ -38,11 +145,12 @@ class LossParts:
 
 
 def compute_loss(model: torch.nn.Module, x: torch.Tensor, config: TrainConfig) -> LossParts:
-    if model.kind == "ae":
+    # The kind from the config: `model` may be a DistributedDataParallel wrapper.
+    if config.model.kind == "ae":
         recon, _ = model(x)
         mse = per_image_mse(recon, x).mean()
         # The book's AE loss is the plain per-pixel MSE.
-        return LossParts(mse, mse, torch.zeros(()), mse)
+        return LossParts(mse, mse, torch.zeros((), device=x.device), mse)
     recon, mu, log_var = model(x)
     reconstruction = reconstruction_term(recon, x, config.likelihood, config.r_loss_factor).mean()
     kl = kl_divergence(mu, log_var).mean()
@@ -51,13 +159,21 @@ def compute_loss(model: torch.nn.Module, x: torch.Tensor, config: TrainConfig) -
 
 
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Shift each image by up to `max_shift` pixels in each direction (zero fill)."""
-    n, _, h, w = x.shape
+    """Shift each image by up to `max_shift` pixels in each direction (zero fill).
+
+    The offsets come from `generator` (on the CPU); the crops are one gather on x's device,
+    the same pixels a per-image slice would copy."""
+    n, c, h, w = x.shape
     padded = F.pad(x, (max_shift,) * 4)
-    offsets = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=generator)
-    return torch.stack(
-        [padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets.tolist())]
-    )
+    offsets = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=generator).to(x.device)
+    rows = offsets[:, 0, None] + torch.arange(h, device=x.device)  # (n, h): dy + row
+    cols = offsets[:, 1, None] + torch.arange(w, device=x.device)  # (n, w): dx + column
+    return padded[
+        torch.arange(n, device=x.device)[:, None, None, None],
+        torch.arange(c, device=x.device)[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
 
 
 def random_affine(
@@ -69,7 +185,8 @@ def random_affine(
 ) -> torch.Tensor:
     """Rotate (degrees), scale (fraction) and shift (pixels) each image at random (zero fill)."""
     n, _, h, w = x.shape
-    u = torch.rand(n, 4, generator=generator) * 2 - 1  # uniform in [-1, 1)
+    # Drawn from `generator` on the CPU, whatever x's device: the same maps on any device.
+    u = torch.rand(n, 4, generator=generator).to(x.device) * 2 - 1  # uniform in [-1, 1)
     angle = torch.deg2rad(u[:, 0] * max_rotation)
     # grid_sample maps output to input coordinates, so zooming in by s samples a grid 1/s wide.
     inverse_scale = 1.0 / (1.0 + u[:, 1] * max_scale)
@@ -102,10 +219,11 @@ def augment(x: torch.Tensor, config: TrainConfig, generator: torch.Generator) ->
 def evaluate_loss(model: torch.nn.Module, digits: Digits, config: TrainConfig) -> dict[str, float]:
     """Loss parts over a whole set, in eval mode; the VAE decodes mu for the MSE."""
     model.eval()
+    device = next(model.parameters()).device
     totals = {"loss": 0.0, "reconstruction": 0.0, "kl": 0.0, "mse": 0.0, "mse_mu": 0.0}
     images = torch.from_numpy(digits.images)
     for start in range(0, len(images), 500):
-        x = images[start : start + 500]
+        x = images[start : start + 500].to(device)
         parts = compute_loss(model, x, config)
         for name in ("loss", "reconstruction", "kl", "mse"):
             totals[name] += float(getattr(parts, name)) * len(x)
@@ -124,20 +242,30 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, config: TrainConfig, epo
 def train_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    train: Digits,
+    images: torch.Tensor,
     config: TrainConfig,
     epoch: int,
     progress: bool,
+    dist: Distributed | None = None,
 ) -> dict[str, float]:
-    """One pass over the training set; all randomness is seeded by (seed, epoch) for resume."""
-    torch.manual_seed(config.seed * 100_003 + epoch)
-    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    """One pass over the training `images` (a tensor on the training device); all randomness
+    is seeded by (seed, epoch) for resume, and by the rank under torchrun.
+
+    Under torchrun this rank trains on its shard of the epoch's permutation and the loss sums
+    are all-reduced: the metrics are those of the whole epoch, on every rank.
+    """
+    dist = dist or Distributed()
+    seed = epoch_seed(config.seed, epoch, dist.rank)
+    torch.manual_seed(seed)  # dropout and the VAE's reparameterization noise
+    # The permutation is the same on every rank; rank 0 (the only one without torchrun) goes
+    # on drawing its augmentation from the same generator, the others from their own seeds.
+    generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
     model.train()
-    images = torch.from_numpy(train.images)
     order = torch.randperm(len(images), generator=generator)
+    augmentation = generator if dist.rank == 0 else torch.Generator().manual_seed(seed)
     sums = {"loss": 0.0, "reconstruction": 0.0, "kl": 0.0, "mse": 0.0}
     seen = 0
-    batches = range(0, len(images), config.batch_size)
+    batches = shard_batches(order.to(images.device), config.batch_size, dist.rank, dist.world_size)
     bar = tqdm(
         batches,
         desc=f"epoch {epoch + 1}/{config.epochs}",
@@ -147,32 +275,51 @@ def train_epoch(
         mininterval=0.5,
         file=sys.stderr,
     )
-    for start in bar:
-        x = images[order[start : start + config.batch_size]]
-        x = augment(x, config, generator)
+    for index in bar:
+        x = images[index]
+        x = augment(x, config, augmentation)
         parts = compute_loss(model, x, config)
         optimizer.zero_grad(set_to_none=True)
         parts.loss.backward()
         optimizer.step()
         seen += len(x)
-        for name in sums:
-            sums[name] += getattr(parts, name).item() * len(x)
+        # One device-to-host copy for the four parts (one sync per step on a GPU).
+        values = torch.stack([getattr(parts, name).detach() for name in sums]).tolist()
+        for name, value in zip(sums, values, strict=True):
+            sums[name] += value * len(x)
         bar.set_postfix(
             loss=f"{sums['loss'] / seen:.2f}",
             recon=f"{sums['reconstruction'] / seen:.2f}",
             kl=f"{sums['kl'] / seen:.2f}",
         )
+    if dist.enabled:
+        totals = torch.tensor([*sums.values(), seen], dtype=torch.float64, device=images.device)
+        torch.distributed.all_reduce(totals)
+        *reduced, seen = totals.tolist()
+        sums = dict(zip(sums, reduced, strict=True))
     return {name: value / seen for name, value in sums.items()}
+
+
+def _on_cpu(value: Any) -> Any:
+    """A state dict with every tensor on the CPU (those already there are kept as they are)."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {key: _on_cpu(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_on_cpu(item) for item in value)
+    return value
 
 
 def save_checkpoint(
     run_dir: Path, model, optimizer, config: TrainConfig, epoch: int, name: str = CHECKPOINT
 ) -> None:
-    """Write atomically, so an interrupted save never leaves a broken checkpoint."""
+    """Write atomically, so an interrupted save never leaves a broken checkpoint. Tensors are
+    saved on the CPU whatever the training device, so the file loads anywhere."""
     tmp = run_dir / (name + ".tmp")
-    state = {"epoch": epoch, "config": config.to_dict(), "model": model.state_dict()}
+    state = {"epoch": epoch, "config": config.to_dict(), "model": _on_cpu(model.state_dict())}
     if optimizer is not None:
-        state["optimizer"] = optimizer.state_dict()
+        state["optimizer"] = _on_cpu(optimizer.state_dict())
     torch.save(state, tmp)
     tmp.replace(run_dir / name)
 
@@ -206,11 +353,70 @@ def load_trained_model(
     return model, config, checkpoint["epoch"]
 
 
+@contextlib.contextmanager
+def process_group(dist: Distributed, device: torch.device) -> Iterator[None]:
+    """The torchrun launch's process group, for the length of a run (none without torchrun;
+    one set up by the caller is used and left to it)."""
+    if not dist.enabled or torch.distributed.is_initialized():
+        yield
+        return
+    if device.type == "cuda":
+        torch.distributed.init_process_group(
+            "nccl", rank=dist.rank, world_size=dist.world_size, device_id=device
+        )
+    else:
+        torch.distributed.init_process_group("gloo", rank=dist.rank, world_size=dist.world_size)
+    try:
+        yield
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _barrier(dist: Distributed, device: torch.device) -> None:
+    if dist.enabled:
+        if device.type == "cuda":
+            torch.distributed.barrier(device_ids=[device.index])
+        else:
+            torch.distributed.barrier()
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
 def train(config: TrainConfig, run_dir: Path, resume: bool = False, progress: bool = True) -> dict:
-    """Train into `run_dir`, or continue the run there; returns the last epoch's metrics."""
+    """Train into `run_dir`, or continue the run there; returns the last epoch's metrics.
+
+    Under torchrun (RANK and WORLD_SIZE set) this is one rank of a data-parallel run: every
+    rank trains, rank 0 alone validates and writes the run folder (and returns the metrics;
+    the other ranks return {}).
+    """
+    dist = distributed_from_env()
+    device = resolve_device(config.device, dist)
+    per_rank_batch_size(config.batch_size, dist.world_size)  # before any process starts waiting
+    if device.type == "cuda":
+        # Deterministic cuBLAS (torch.use_deterministic_algorithms refuses to run without it).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.cuda.set_device(device)
+    with process_group(dist, device):
+        return _train(config, Path(run_dir), resume, progress, dist, device)
+
+
+def _train(
+    config: TrainConfig,
+    run_dir: Path,
+    resume: bool,
+    progress: bool,
+    dist: Distributed,
+    device: torch.device,
+) -> dict:
     from training.figures import save_progress_figures
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    main = dist.is_main
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.use_deterministic_algorithms(True)
@@ -219,57 +425,80 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, progress: bo
 
     torch.manual_seed(config.seed)
     model = build_model(config.model)
+    if device.type != "cpu":
+        model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     start_epoch = 0
     if resume:
-        checkpoint = load_checkpoint(run_dir)
+        checkpoint = load_checkpoint(run_dir)  # on every rank
         model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        optimizer.load_state_dict(checkpoint["optimizer"])  # moves the state to the device
         start_epoch = checkpoint["epoch"]
-        _truncate_metrics(run_dir / METRICS, start_epoch)
-    else:
+        if main:
+            _truncate_metrics(run_dir / METRICS, start_epoch)
+    elif main:
         (run_dir / BEST_CHECKPOINT).unlink(missing_ok=True)
         (run_dir / METRICS).unlink(missing_ok=True)
-    config.save(run_dir / CONFIG)
-    (run_dir / DATA).write_text(json.dumps(data.provenance, indent=2) + "\n")
-    print(
-        f"training {config.model.kind} on {len(train_set)} images "
-        f"({len(val_set)} held out) from {data.source}; epochs {start_epoch + 1}..{config.epochs}"
-        f" -> {run_dir}",
-        file=sys.stderr,
-    )
+    if main:
+        config.save(run_dir / CONFIG)
+        (run_dir / DATA).write_text(json.dumps(data.provenance, indent=2) + "\n")
+        where = describe_device(device)
+        if dist.enabled:
+            where += f", {dist.world_size} process" + ("es" if dist.world_size > 1 else "")
+        print(
+            f"training {config.model.kind} on {len(train_set)} images "
+            f"({len(val_set)} held out) from {data.source}; epochs {start_epoch + 1}.."
+            f"{config.epochs} on {where} -> {run_dir}",
+            file=sys.stderr,
+        )
+    _barrier(dist, device)  # every rank has loaded the checkpoint before rank 0 writes one
+    net: torch.nn.Module = model
+    if dist.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    images = torch.from_numpy(train_set.images)
+    if device.type != "cpu":
+        images = images.to(device)  # the whole set once: batches are indexed on the device
     fixed_z = torch.randn(64, config.model.z_dim, generator=torch.Generator().manual_seed(1))
     record: dict = {}
-    best_loss, best_at = best_epoch(run_dir / METRICS)
+    best_loss, best_at = best_epoch(run_dir / METRICS) if main else (float("inf"), 0)
     started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         epoch_start = time.perf_counter()
         lr = set_learning_rate(optimizer, config, epoch)
-        train_metrics = train_epoch(model, optimizer, train_set, config, epoch, progress)
-        val_metrics = evaluate_loss(model, val_set, config)
-        record = {
-            "epoch": epoch + 1,
-            "lr": lr,
-            **{f"train_{k}": v for k, v in train_metrics.items()},
-            **{f"val_{k}": v for k, v in val_metrics.items()},
-            "seconds": time.perf_counter() - epoch_start,
-        }
-        with open(run_dir / METRICS, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        save_checkpoint(run_dir, model, optimizer, config, epoch + 1)
-        if val_metrics["loss"] < best_loss:
-            best_loss, best_at = val_metrics["loss"], epoch + 1
-            save_checkpoint(run_dir, model, None, config, epoch + 1, BEST_CHECKPOINT)
-        print(
-            f"epoch {epoch + 1:>4}/{config.epochs}  loss {train_metrics['loss']:.3f}  "
-            f"recon {train_metrics['reconstruction']:.3f}  kl {train_metrics['kl']:.3f}  "
-            f"val_mse {val_metrics['mse_mu']:.4f}  {record['seconds']:.1f}s",
-            file=sys.stderr,
-            flush=True,
-        )
-        last = epoch + 1 == config.epochs
-        if config.figures_every and ((epoch + 1) % config.figures_every == 0 or last):
-            save_progress_figures(model, val_set, fixed_z, run_dir / "figures", epoch + 1)
+        train_metrics = train_epoch(net, optimizer, images, config, epoch, progress and main, dist)
+        train_seconds = time.perf_counter() - epoch_start
+        if main:
+            val_metrics = evaluate_loss(model, val_set, config)
+            record = {
+                "epoch": epoch + 1,
+                "lr": lr,
+                **{f"train_{k}": v for k, v in train_metrics.items()},
+                **{f"val_{k}": v for k, v in val_metrics.items()},
+                "seconds": time.perf_counter() - epoch_start,
+                # Training alone (no validation): images per second is train images / this.
+                "train_seconds": train_seconds,
+                "device": str(device),
+                "processes": dist.world_size,
+            }
+            with open(run_dir / METRICS, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            save_checkpoint(run_dir, model, optimizer, config, epoch + 1)
+            if val_metrics["loss"] < best_loss:
+                best_loss, best_at = val_metrics["loss"], epoch + 1
+                save_checkpoint(run_dir, model, None, config, epoch + 1, BEST_CHECKPOINT)
+            print(
+                f"epoch {epoch + 1:>4}/{config.epochs}  loss {train_metrics['loss']:.3f}  "
+                f"recon {train_metrics['reconstruction']:.3f}  kl {train_metrics['kl']:.3f}  "
+                f"val_mse {val_metrics['mse_mu']:.4f}  {record['seconds']:.1f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+            last = epoch + 1 == config.epochs
+            if config.figures_every and ((epoch + 1) % config.figures_every == 0 or last):
+                save_progress_figures(model, val_set, fixed_z, run_dir / "figures", epoch + 1)
+        _barrier(dist, device)  # the others wait while rank 0 validates and writes
     elapsed = time.perf_counter() - started
     if record:
         print(
@@ -393,6 +622,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="save sample and reconstruction images every N epochs (0 = never)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--device",
+        choices=DEVICES,
+        default=None,
+        help="where to train: cpu (the default for a new run: deterministic), cuda, or auto "
+        "(CUDA when torch sees a GPU, else the CPU); with --resume, the run's own unless given",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -408,6 +644,8 @@ def main(argv: list[str] | None = None) -> int:
             config.epochs = args.epochs
         if args.threads:
             config.threads = args.threads
+        if args.device:
+            config.device = args.device
         return _run(config, args.resume, resume=True, progress=not args.no_progress)
     if args.out is None:
         build_parser().error("--out is required (or --resume RUN_DIR)")
@@ -436,6 +674,7 @@ def main(argv: list[str] | None = None) -> int:
         augment_scale=args.augment_scale,
         figures_every=args.figures_every,
         threads=args.threads,
+        device=args.device or TrainConfig().device,
     )
     return _run(config, args.out, resume=False, progress=not args.no_progress)
 
@@ -444,8 +683,9 @@ def _run(config: TrainConfig, run_dir: Path, resume: bool, progress: bool) -> in
     """Train, turning data and checkpoint problems into one clear line and exit status 2."""
     try:
         train(config, run_dir, resume=resume, progress=progress)
-    except (DataError, FileNotFoundError) as exc:
-        print(f"vae-train: {exc}", file=sys.stderr)
+    except (DataError, FileNotFoundError, ConfigError) as exc:
+        rank = os.environ.get("RANK", "0")
+        print(f"vae-train{'' if rank == '0' else f' [rank {rank}]'}: {exc}", file=sys.stderr)
         return 2
     return 0
 
