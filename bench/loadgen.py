@@ -19,9 +19,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.common import CLK_TCK, machine_busy_seconds
 from harness.processes import cpu_seconds
+
+if TYPE_CHECKING:
+    from resource import struct_rusage
 
 LUA_COMMON = r"""
 local function readfile(path)
@@ -48,6 +52,7 @@ LUA_SINGLE = r"""
 wrk.method = "{method}"
 {body}
 {ctype}
+{headers}
 """
 
 # Several requests in rotation; the (single) wrk thread stops after `limit` responses in all.
@@ -80,6 +85,7 @@ class Request:
     method: str = "GET"
     body: bytes | None = None
     content_type: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # any others (Inference-Header-...)
 
 
 @dataclass
@@ -169,13 +175,19 @@ def run_wrk(
                 method=req.method,
                 body=f"wrk.body = {body_expr}" if req.body is not None else "",
                 ctype=f'wrk.headers["Content-Type"] = {ctype}' if req.body is not None else "",
+                headers="\n".join(
+                    f"wrk.headers[{_lua_string(k)}] = {_lua_string(v)}"
+                    for k, v in req.headers.items()
+                ),
             )
             path = req.path
         else:
             lines = []
             for i, req in enumerate(requests):
                 body_expr, ctype = _lua_body(req, tmp, str(i))
-                headers = f'{{["Content-Type"] = {ctype}}}' if req.body is not None else "nil"
+                fields = [f'["Content-Type"] = {ctype}'] if req.body is not None else []
+                fields += [f"[{_lua_string(k)}] = {_lua_string(v)}" for k, v in req.headers.items()]
+                headers = "{" + ", ".join(fields) + "}" if fields else "nil"
                 lines.append(
                     f"reqs[{i + 1}] = wrk.format({_lua_string(req.method)}, "
                     f"{_lua_string(req.path)}, {headers}, {body_expr})"
@@ -202,7 +214,7 @@ def run_wrk(
         busy_before = machine_busy_seconds()
         start = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        waited = (0, 0, None)
+        waited: tuple[int, int, struct_rusage | None] = (0, 0, None)
         if max_responses:
             while not (tmp / "done").exists():
                 waited = os.wait4(proc.pid, os.WNOHANG)
@@ -212,6 +224,7 @@ def run_wrk(
             if not waited[0]:
                 os.kill(proc.pid, signal.SIGINT)
         _, status, rusage = waited if waited[0] else os.wait4(proc.pid, 0)
+        assert rusage is not None  # waited[0] set: wait4 reaped it, with its usage
         wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
         stdout = proc.stdout.read().decode() if proc.stdout else ""

@@ -1,0 +1,281 @@
+"""The Open Inference Protocol's view of a model registry: each served model as three OIP models.
+
+    {name}-encoder   input  <encoder.input>  FP32 [-1, C, H, W], the model's own pixel convention
+                     output <encoder.outputs> FP32 [-1, z_dim] each (mu, log_var; or z)
+    {name}-decoder   input  <decoder.input>  FP32 [-1, z_dim]
+                     output <decoder.output> FP32 [-1, C, H, W]
+    {name}           input  file             BYTES [-1]: encoded image files (PNG, JPEG, ...)
+                     output <encoder.outputs> FP32 [-1, z_dim] each, after /encode's preparation
+
+The first two are the exported graphs as they are (platform "onnxruntime_onnx", what a Triton
+repository written by `vae-triton` serves); the third is the pipeline a Triton ensemble would
+be: decode and prepare the upload (service.api.uploads.prepare), then the encoder. Every name
+and shape comes from the model's metadata.json (service.inference.format); the version is the
+metadata's `version`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import HTTPException
+
+from service.api.oip.codec import (
+    FP32,
+    InferRequest,
+    OipError,
+    Output,
+    RequestInput,
+    RequestOutput,
+    bad_request,
+    decode_bytes,
+    decode_fp32,
+    encode_response,
+)
+from service.api.scheduling import WorkSize, small_output, small_uploads
+from service.api.schemas import Z_LIMIT, Preprocess
+from service.api.uploads import prepare
+from service.inference.model import Model
+from service.inference.registry import ModelRegistry
+from service.process.settings import Settings
+
+logger = logging.getLogger("service")
+
+Graph = Literal["encoder", "decoder", "pipeline"]
+ONNX_PLATFORM = "onnxruntime_onnx"
+PIPELINE_PLATFORM = "ensemble"
+PIPELINE_INPUT = "file"
+DEFAULT_VERSION = "1"
+# Pixel values the raw encoder accepts (the decoder's z: the REST API's own bound, Z_LIMIT).
+VALUE_LIMIT = Z_LIMIT
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor of an OIP model's signature; -1 marks the batch axis."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def metadata(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class Call:
+    """A checked request, ready to run: decoded inputs, the outputs to send, the work size."""
+
+    view: OipModel
+    request: InferRequest
+    inputs: dict[str, Any]  # name -> float32 array, or list of bytes (BYTES)
+    outputs: list[tuple[TensorSpec, RequestOutput | None]]
+    size: WorkSize
+
+
+@dataclass(frozen=True)
+class OipModel:
+    """One served model as the protocol sees it."""
+
+    name: str
+    version: str
+    graph: Graph
+    model: Model
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def platform(self) -> str:
+        return PIPELINE_PLATFORM if self.graph == "pipeline" else ONNX_PLATFORM
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": self.platform,
+            "inputs": [t.metadata() for t in self.inputs],
+            "outputs": [t.metadata() for t in self.outputs],
+        }
+
+    # --- a request against this signature ---------------------------------------------------
+
+    def check(self, request: InferRequest, settings: Settings) -> Call:
+        """Names, datatypes and shapes against the signature, then the data decoded; an
+        OipError(400) for the first mismatch. Cheap before the data is touched."""
+        specs = {t.name: t for t in self.inputs}
+        given: dict[str, RequestInput] = {}
+        for tensor in request.inputs:
+            if tensor.name not in specs:
+                raise bad_request(
+                    f"model {self.name!r} has no input {tensor.name!r}; its inputs: {sorted(specs)}"
+                )
+            if tensor.name in given:
+                raise bad_request(f"input {tensor.name!r} is given twice")
+            given[tensor.name] = tensor
+        missing = sorted(set(specs) - set(given))
+        if missing:
+            raise bad_request(f"model {self.name!r} needs input(s) {missing}")
+        batch = None
+        for name, tensor in given.items():
+            n = self._check_tensor(specs[name], tensor, settings.max_batch)
+            if batch is not None and n != batch:
+                raise bad_request("inputs disagree on the batch size")
+            batch = n
+        assert batch is not None
+        outputs = self._outputs(request)
+        if self.graph == "pipeline":
+            _preprocess(request)  # refused here, before any work is scheduled
+        inputs: dict[str, Any] = {}
+        for name, tensor in given.items():
+            if specs[name].datatype == "BYTES":
+                inputs[name] = decode_bytes(tensor)
+            else:
+                inputs[name] = decode_fp32(tensor, VALUE_LIMIT)
+        return Call(self, request, inputs, outputs, self._work_size(batch, inputs))
+
+    def _check_tensor(self, spec: TensorSpec, tensor: RequestInput, max_batch: int) -> int:
+        where = f"input {spec.name!r} of model {self.name!r}"
+        if tensor.datatype != spec.datatype:
+            raise bad_request(
+                f"{where} has datatype {spec.datatype}, the request says {tensor.datatype}"
+            )
+        shape = tensor.shape
+        # BYTES files: [N] or, as a Triton client with max_batch_size sends it, [N, 1].
+        accepted = [spec.shape]
+        if spec.datatype == "BYTES":
+            accepted.append((*spec.shape, 1))
+        fits = any(
+            len(shape) == len(want)
+            and all(w == -1 or w == d for w, d in zip(want, shape, strict=True))
+            for want in accepted
+        )
+        if not fits:
+            raise bad_request(
+                f"{where} has shape {list(spec.shape)} (-1: the batch), the request says "
+                f"{list(shape)}"
+            )
+        batch = shape[0]
+        if batch < 1:
+            raise bad_request(f"{where}: the batch axis must be at least 1")
+        if batch > max_batch:
+            raise bad_request(
+                f"{where}: at most {max_batch} items per request (VAE_MAX_BATCH), got {batch}"
+            )
+        return batch
+
+    def _outputs(self, request: InferRequest) -> list[tuple[TensorSpec, RequestOutput | None]]:
+        if request.outputs is None:
+            return [(spec, None) for spec in self.outputs]
+        specs = {t.name: t for t in self.outputs}
+        chosen: list[tuple[TensorSpec, RequestOutput | None]] = []
+        seen = set()
+        for wanted in request.outputs:
+            if wanted.name not in specs:
+                raise bad_request(
+                    f"model {self.name!r} has no output {wanted.name!r}; its outputs: "
+                    f"{[t.name for t in self.outputs]}"
+                )
+            if wanted.name in seen:
+                raise bad_request(f"output {wanted.name!r} is requested twice")
+            seen.add(wanted.name)
+            chosen.append((specs[wanted.name], wanted))
+        return chosen
+
+    def _work_size(self, batch: int, inputs: dict[str, Any]) -> WorkSize:
+        if self.graph == "pipeline":
+            return WorkSize(images=batch, small=small_uploads(inputs[PIPELINE_INPUT]))
+        return WorkSize(images=batch, small=small_output(batch, 1, self.model.image_size))
+
+    # --- running it ---------------------------------------------------------------------------
+
+    def run(
+        self, inputs: dict[str, Any], request: InferRequest, settings: Settings
+    ) -> dict[str, np.ndarray]:
+        """Every output of the graph (or pipeline) for decoded inputs: one onnxruntime call."""
+        model = self.model
+        if self.graph == "decoder":
+            return {model.decoder_output: model.decode_batch(inputs[model.decoder_input])}
+        if self.graph == "encoder":
+            return model.encode_batch(inputs[model.encoder_input])
+        preprocess = _preprocess(request)
+        try:
+            images = prepare(inputs[PIPELINE_INPUT], model, preprocess, settings)
+        except HTTPException as exc:
+            # The upload errors of /encode: 413 stays a 413, the rest are a bad request here.
+            status = 413 if exc.status_code == 413 else 400
+            raise OipError(status, f"input {PIPELINE_INPUT!r}: {exc.detail}") from None
+        return model.encode_batch(images)
+
+
+def _preprocess(request: InferRequest) -> Preprocess:
+    """The pipeline's parameters.preprocess: auto (default, as /encode) or none."""
+    value = request.parameters.get("preprocess", Preprocess.auto.value)
+    if isinstance(value, str) and value in {p.value for p in Preprocess}:
+        return Preprocess(value)
+    raise bad_request(f"parameters.preprocess must be one of {[p.value for p in Preprocess]}")
+
+
+def execute(call: Call, settings: Settings) -> tuple[bytes, dict[str, str]]:
+    """Run a checked call and encode its response (body, headers): the work the scheduler runs."""
+    view, request = call.view, call.request
+    results = view.run(call.inputs, request, settings)
+    outputs = [
+        Output(
+            spec.name,
+            spec.datatype,
+            np.asarray(results[spec.name], dtype=FP32),
+            request.wants_binary(wanted),
+        )
+        for spec, wanted in call.outputs
+    ]
+    return encode_response(view.name, view.version, request.id, outputs)
+
+
+def views_of(model: Model) -> Iterator[OipModel]:
+    """The three OIP models of one served model, from its metadata."""
+    meta = model.metadata
+    version = meta.version or DEFAULT_VERSION
+    image = (-1, *meta.input.shape)
+    codes = tuple(TensorSpec(name, "FP32", (-1, meta.z_dim)) for name in meta.encoder.outputs)
+    yield OipModel(
+        f"{model.name}-encoder",
+        version,
+        "encoder",
+        model,
+        (TensorSpec(meta.encoder.input, "FP32", image),),
+        codes,
+    )
+    yield OipModel(
+        f"{model.name}-decoder",
+        version,
+        "decoder",
+        model,
+        (TensorSpec(meta.decoder.input, "FP32", (-1, meta.z_dim)),),
+        (TensorSpec(meta.decoder.output, "FP32", image),),
+    )
+    yield OipModel(
+        model.name, version, "pipeline", model, (TensorSpec(PIPELINE_INPUT, "BYTES", (-1,)),), codes
+    )
+
+
+def oip_models(registry: ModelRegistry) -> dict[str, OipModel]:
+    """Every OIP model of a registry, by name. A name taken twice (a model called 'x-encoder'
+    beside a model 'x') keeps the first and logs the clash."""
+    views: dict[str, OipModel] = {}
+    for model in registry:
+        for view in views_of(model):
+            if view.name in views:
+                logger.warning(
+                    "Open Inference Protocol: %r of model %r is already %r of model %r; skipped",
+                    view.name,
+                    model.name,
+                    views[view.name].graph,
+                    views[view.name].model.name,
+                )
+                continue
+            views[view.name] = view
+    return views
