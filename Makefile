@@ -15,7 +15,7 @@ TRAIN_AE := $(BIN)/vae-train --kind ae --epochs 200 --seed 0 --threads 1 --out r
 MNIST_TEST_DIR ?=
 EVALUATE_ARGS := $(if $(MNIST_TEST_DIR),--data-dir $(MNIST_TEST_DIR))
 
-.PHONY: help serve test lint format lock train export evaluate bench soak audit container-test clean
+.PHONY: help serve test lint format lock train export evaluate bench soak chaos audit container-test clean
 
 help:
 	@echo "make serve   - set up and serve models/ on http://$(HOST):$(PORT)"
@@ -23,6 +23,7 @@ help:
 	@echo "make train   - retrain and export the shipped models (long: see models/README.md)"
 	@echo "make bench   - run the benchmarks (see BENCHMARKS.md)"
 	@echo "make soak    - mixed good and bad traffic for SOAK_SECONDS (180) at concurrency 32"
+	@echo "make chaos   - faults under load (worker SIGKILL/SIGSTOP, bursts...): RELIABILITY.md"
 	@echo "make audit   - pip-audit of the installed dependencies (see RELIABILITY.md)"
 	@echo "make container-test - build the Docker image with buildah and test it (root)"
 	@echo "make lint    - ruff check, ruff format --check and mypy"
@@ -40,6 +41,9 @@ $(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
+	@# KServe's client for tests/test_oip.py, without kserve's own pins: requirements/kserve-client.txt
+	$(BIN)/python -m pip install --quiet --no-deps kserve==0.21.0
+	$(BIN)/python -m pip install --quiet -r requirements/kserve-client.txt
 	@touch $@ $(VENV)/.serve-installed
 
 serve: $(VENV)/.serve-installed
@@ -91,6 +95,13 @@ bench: $(VENV)/.dev-installed
 SOAK_SECONDS ?= 180
 soak: $(VENV)/.dev-installed
 	$(BIN)/python -m scripts.soak --seconds $(SOAK_SECONDS)
+
+# Not part of `make test`: faults injected into a real 2-worker server on loopback under load,
+# one at a time, ~3 minutes in all (RELIABILITY.md, "Faults under load"); CHAOS_ARGS, e.g.
+# CHAOS_ARGS='--faults sigkill,burst'.
+CHAOS_ARGS ?=
+chaos: $(VENV)/.dev-installed
+	timeout 900 $(BIN)/python -m scripts.chaos --json artifacts/chaos.json $(CHAOS_ARGS)
 
 # Fails on known vulnerabilities; tolerates only an unreachable vulnerability database.
 audit: $(VENV)/.dev-installed

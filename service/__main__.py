@@ -68,6 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     if not model_folders(settings.model_dir):
         print(f"vae-serve: {missing_models_message(settings.model_dir)}", file=sys.stderr)
         return 2
+    from service.process.api_keys import ApiKeyError, load_api_keys
+
+    try:
+        load_api_keys(settings)  # each worker reads them again: this is the plain message
+    except ApiKeyError as exc:
+        print(f"vae-serve: {exc}", file=sys.stderr)
+        return 2
 
     import uvicorn
 
@@ -91,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         loop="uvloop" if _has("uvloop") else "asyncio",
     )
     if workers > 1:
-        return supervisor.serve(workers, args.host, args.port, options)
+        policy = supervisor.RestartPolicy.from_settings(settings)
+        return supervisor.serve(workers, args.host, args.port, options, policy)
     from service.inference.sessions import limit_malloc_arenas
 
     limit_malloc_arenas()

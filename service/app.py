@@ -20,12 +20,15 @@ from starlette.routing import BaseRoute
 
 from service import __version__
 from service.api import routers
+from service.api.auth import ApiKeyMiddleware, document_security, is_protected, load_api_keys
 from service.api.metrics import Metrics
 from service.api.middleware import (
     BodySizeLimitMiddleware,
     ConcurrencyLimitMiddleware,
     RequestContextMiddleware,
 )
+from service.api.oip import is_oip_path
+from service.api.oip.routes import error_response as oip_error
 from service.api.page import mount_static
 from service.api.scheduling import Scheduler
 from service.inference.format import ModelLoadError
@@ -52,6 +55,8 @@ async def validation_error_handler(request: Request, exc: RequestValidationError
         {"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": e.get("msg")}
         for e in exc.errors()
     ]
+    if is_oip_path(request.scope["path"]):  # the Open Inference Protocol's own error body
+        return oip_error(400, "; ".join(f"{e['loc']}: {e['msg']}" for e in errors))
     return JSONResponse({"detail": errors}, status_code=422)
 
 
@@ -63,6 +68,8 @@ _BODY_PARSE_ERROR = "There was an error parsing the body"
 async def http_error_handler(request: Request, exc: StarletteHTTPException) -> Response:
     """FastAPI's own handler, except that an unparseable JSON body is a 422 naming the body
     (like any other invalid JSON) rather than a bare 400."""
+    if is_oip_path(request.scope["path"]):  # /v2: {"error": ...}, as the protocol has it
+        return oip_error(exc.status_code, str(exc.detail), exc.headers)
     if exc.status_code == 400 and exc.detail == _BODY_PARSE_ERROR:
         return JSONResponse(
             {
@@ -83,6 +90,7 @@ async def http_error_handler(request: Request, exc: StarletteHTTPException) -> R
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service for `settings` (default: from VAE_* environment variables)."""
     settings = settings or Settings()
+    api_keys = load_api_keys(settings)  # read now: a changed key file takes a restart
     metrics = Metrics()
 
     @asynccontextmanager
@@ -136,6 +144,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_bytes=settings.max_upload_bytes,
         timeout=settings.body_timeout,
     )
+    if api_keys is not None:
+        # Inside CORS (preflights need no key; a 401 carries the CORS headers) and inside the
+        # request context (401s have a request id, are logged and counted; no key is logged).
+        app.add_middleware(
+            ApiKeyMiddleware,
+            keys=api_keys,
+            protect_probes=settings.auth_probes,
+            protect_metrics=settings.auth_metrics,
+        )
+        document_security(
+            app, lambda path: is_protected(path, settings.auth_probes, settings.auth_metrics)
+        )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

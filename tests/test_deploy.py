@@ -61,6 +61,7 @@ def test_manifests_validate_against_kubernetes_schemas(version, no_network):
         "Service",
         "HorizontalPodAutoscaler",
         "PodDisruptionBudget",
+        "Secret",
     }
     for doc in docs:
         # strict: unknown fields (typos) are errors too.
@@ -157,6 +158,33 @@ def test_pod_runs_as_the_images_non_root_user():
     # A grace period longer than the preStop pause leaves time for the drain.
     pause = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
     assert spec["terminationGracePeriodSeconds"] > pause + 10
+
+
+def test_api_keys_come_from_the_secret_mounted_as_a_file():
+    """Auth on (service/api/auth.py): VAE_API_KEYS_FILE names the file that the Secret's
+    `keys` item is mounted as, read-only, readable by the pod's group; the placeholder holds
+    no key, so the manifests as shipped refuse to start rather than serve with a known key."""
+    from service.process.api_keys import read_key_file
+
+    kinds = by_kind()
+    secret, deployment = kinds["Secret"], kinds["Deployment"]
+    spec = deployment["spec"]["template"]["spec"]
+    container = _container(deployment)
+    path = Path(_env(container)["VAE_API_KEYS_FILE"]["value"])
+    assert "VAE_API_KEYS" not in _env(container), "keys never in the manifest's environment"
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(path.parent)]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    source = volume["secret"]
+    assert source["secretName"] == secret["metadata"]["name"]
+    assert source["items"] == [{"key": "keys", "path": path.name}]
+    assert source["defaultMode"] == 0o440
+    assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsGroup"]
+    assert secret["type"] == "Opaque" and set(secret["stringData"]) == {"keys"}
+    assert read_key_file(secret["stringData"]["keys"]) == []  # a placeholder, not a key
+    # Probes stay open: the kubelet sends no key.
+    env = _env(container)
+    assert "VAE_AUTH_PROBES" not in env or env["VAE_AUTH_PROBES"]["value"] == "false"
 
 
 # --- Dockerfile and .dockerignore ------------------------------------------------------------

@@ -62,7 +62,7 @@ EXPECTED_TYPES = {".js": ("text/javascript", "application/javascript"), ".css": 
 
 def test_static_assets_are_served_with_their_types(client) -> None:
     assets = _assets(client.get("/").text)
-    assert sorted(assets) == ["static/app.js", "static/style.css"]
+    assert sorted(assets) == ["static/analysis.js", "static/app.js", "static/style.css"]
     for asset in assets:
         r = client.get("/" + asset)
         assert r.status_code == 200, asset
@@ -113,12 +113,29 @@ def _skip_reason() -> str | None:
     return None
 
 
+def with_typicality(model_dir: Path, out: Path) -> Path:
+    """A copy of the tiny models with a held-out reference (metadata `typicality`), so the
+    page's typicality gauge has something to show."""
+    import shutil
+
+    from conftest import digit_array
+
+    from training.typicality import add_typicality
+
+    shutil.copytree(model_dir, out, dirs_exist_ok=True)
+    images = np.stack([np.roll(digit_array(), s, axis=1) for s in range(-6, 7)])
+    for folder in sorted(p for p in out.iterdir() if (p / "metadata.json").is_file()):
+        add_typicality(folder, images[:, None] / 255.0, "13 shifted synthetic digits (test)", k=8)
+    return out
+
+
 @pytest.fixture(scope="module")
-def explorer_models(request) -> Path:
+def explorer_models(request, tmp_path_factory) -> Path:
     chosen = os.environ.get("EXPLORER_MODEL_DIR")
     if chosen:
         return Path(chosen).resolve()
-    return request.getfixturevalue("model_dir")
+    model_dir = request.getfixturevalue("model_dir")
+    return with_typicality(model_dir, tmp_path_factory.mktemp("explorer-models"))
 
 
 @pytest.fixture(scope="module")
@@ -611,3 +628,228 @@ def test_phone_screen_and_keyboard_only(browser, server, shots) -> None:
         assert not s.errors, s.errors
     finally:
         s.close()
+
+
+API_KEY = "explorer-test-key-5f1c9a"
+
+
+@pytest.fixture(scope="module")
+def keyed_server(explorer_models: Path, tmp_path_factory) -> str:
+    """A server with VAE_API_KEYS set; yields its base URL."""
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("explorer-keyed") / "server.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO,
+            env={
+                **os.environ,
+                "VAE_MODEL_DIR": str(explorer_models),
+                "VAE_ACCESS_LOG": "false",
+                "VAE_WORKERS": "1",
+                "VAE_API_KEYS": API_KEY,
+            },
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(process, base, log_path, START_TIMEOUT)
+            yield base
+        finally:
+            stop(process)
+
+
+@pytest.mark.browser
+def test_page_asks_for_the_api_key_and_then_loads(browser, keyed_server, shots) -> None:
+    """With keys on, the page itself loads, its first API call gets a 401, and a dialog asks
+    for the key: a wrong one is asked again for, the right one is kept for the tab
+    (sessionStorage), sent as a Bearer token, and the map loads."""
+    s = Session(browser, keyed_server)
+    try:
+        page = s.page
+        page.goto(keyed_server + "/")
+        page.wait_for_selector("#key-dialog[open]", timeout=WAIT_MS)
+        assert s.js("document.body.dataset.ready") is None
+        assert "needs an API key" in page.locator("#key-note").inner_text()
+        page.fill("#api-key", "not-the-key")
+        page.click("#key-go")
+        page.wait_for_function(
+            "document.querySelector('#key-dialog[open] #key-note')?.textContent"
+            ".includes('did not accept')",
+            timeout=WAIT_MS,
+        )
+        screenshot(page, shots, "08-api-key")
+        page.fill("#api-key", API_KEY)
+        page.keyboard.press("Enter")
+        page.wait_for_selector("body[data-ready=true]", timeout=WAIT_MS)
+        assert s.js("sessionStorage.getItem('vae-api-key')") == API_KEY
+        assert s.js("document.getElementById('key-dialog')") is None
+        api_calls = [r for r in s.requests if "/models" in r.url]
+        assert api_calls and api_calls[-1].headers.get("authorization") == f"Bearer {API_KEY}"
+        # the explorer works: the example digit is encoded and shown
+        page.click("#example")
+        s.wait("explorer.state.result !== null")
+        # a reload in the same tab asks for nothing
+        page.reload()
+        page.wait_for_selector("body[data-ready=true]", timeout=WAIT_MS)
+        assert s.js("document.getElementById('key-dialog')") is None
+        # the only errors were the refused requests themselves
+        refused = [e for e in s.errors if "401" in e]
+        assert s.errors == refused, s.errors
+    finally:
+        s.close()
+
+
+# --------------------------------------------------------------------------- analysis.js
+
+
+def _rgb_at(session, z: list[float]) -> list[int]:
+    """The main map's canvas colour at latent point z."""
+    return session.js(
+        """(z) => {
+          const m = explorer.maps()[0];
+          const [x, y] = m.toPx(z);
+          const d = window.devicePixelRatio || 1;
+          return Array.from(m.ctx.getImageData(Math.round(x * d), Math.round(y * d), 1, 1).data);
+        }""",
+        z,
+    )
+
+
+@pytest.mark.browser
+def test_interpolate_view_between_two_map_points(session, api, shots) -> None:
+    session.open()
+    page = session.page
+    page.click("label[for=view-interp]")
+    page.wait_for_selector("#interp:not([hidden])")
+    page.mouse.click(*session.map_point("#map", 0.2, 0.75))
+    page.mouse.click(*session.map_point("#map", 0.8, 0.3))
+    session.wait("explorer.analysis.interp.result !== null")
+    page.wait_for_selector("#map[data-ready=interp]", timeout=WAIT_MS)
+    assert session.js("explorer.state.pins.length") == 0, "picking ends must not pin"
+    result = session.js("explorer.analysis.interp.result")
+    model = session.js("explorer.state.model")
+    start, end = result["linear"]["z"][0], result["linear"]["z"][-1]
+    assert start[0] < end[0] and start[1] < end[1]  # A lower left, B upper right
+    # linear and slerp side by side: exactly what the API gives for those two points
+    for method in ("linear", "slerp"):
+        direct = api.post(
+            "/interpolate",
+            params={"model": model, "method": method, "steps": 10, "format": "json", "scale": 2},
+            json={"start": start, "end": end},
+        ).json()
+        assert result[method]["images"] == direct["images"] and result[method]["z"] == direct["z"]
+        assert page.locator(f"#strip-{method} img").count() == 10
+    assert result["linear"]["z"] != result["slerp"]["z"]
+    # the first cell is decode(A), the last decode(B)
+    session.wait("[...document.querySelectorAll('.strip img')].every((i) => i.complete)")
+    for selector, z in (
+        ("#strip-linear img:first-child", start),
+        ("#strip-slerp img:last-child", end),
+    ):
+        decoded = api.post("/decode", params={"model": model, "scale": 2}, json={"z": [z]}).content
+        assert np.array_equal(
+            np.asarray(session.image_pixels(selector)), _png_gray(decoded).ravel()
+        ), selector
+    # both paths are drawn on the map: accent dots on the line, blue dots on the arc
+    red = _rgb_at(session, result["linear"]["z"][4])
+    blue = _rgb_at(session, result["slerp"]["z"][5])
+    assert red[0] > red[2] + 40 and red[0] > red[1] + 60, red
+    assert blue[2] > blue[0] + 60, blue
+    screenshot(page, shots, "08-interpolate")
+    # fewer steps: both strips follow
+    page.fill("#interp-steps", "5")
+    page.dispatch_event("#interp-steps", "change")
+    session.wait("explorer.analysis.interp.result && explorer.analysis.interp.result.steps === 5")
+    assert page.locator("#strip-slerp img").count() == 5
+    assert session.js("document.documentElement.scrollWidth <= window.innerWidth")
+
+
+@pytest.mark.browser
+def test_interpolate_between_two_drawn_digits(session, api) -> None:
+    session.open()
+    page = session.page
+    page.click("label[for=view-interp]")
+    session.draw_stroke()
+    session.wait("explorer.state.result !== null && explorer.state.encodings.size > 0")
+    first = base64.b64decode(session.js("explorer.state.inputBase64"))
+    page.click("#interp-from-a")
+    page.click("#clear")
+    page.click("#example")
+    session.wait(
+        "(b) => explorer.state.inputBase64 && explorer.state.inputBase64 !== b",
+        base64.b64encode(first).decode(),
+    )
+    session.wait("explorer.state.result !== null")
+    second = base64.b64decode(session.js("explorer.state.inputBase64"))
+    page.click("#interp-from-b")
+    session.wait("explorer.analysis.interp.result !== null")
+    result = session.js("explorer.analysis.interp.result")
+    assert result["linear"]["endpoints"] == "images"
+    sent = [r for r in session.requests if "/interpolate?" in r.url]
+    assert len(sent) >= 2
+    for request in sent[-2:]:  # both methods, as multipart image fields start and end
+        assert request.headers.get("content-type", "").startswith("multipart/form-data")
+    model = session.js("explorer.state.model")
+    direct = api.post(
+        "/interpolate",
+        params={"model": model, "steps": 10, "format": "json", "scale": 2},
+        files={"start": ("a.png", first, "image/png"), "end": ("b.png", second, "image/png")},
+    ).json()
+    assert direct["images"] == result["linear"]["images"]
+    assert "your digit" in page.inner_text("#interp-a")
+
+
+@pytest.mark.browser
+def test_score_shows_log_px_gauge_and_error_map(session, api, shots) -> None:
+    session.open()
+    page = session.page
+    session.draw_stroke()
+    session.wait("explorer.analysis.scores.result !== null")
+    page.wait_for_selector("#score:not([hidden])")
+    session.wait("document.getElementById('errmap').complete")
+    model = session.js("explorer.state.model")
+    sent = base64.b64decode(session.js("explorer.state.inputBase64"))
+    direct = api.post(
+        "/score",
+        params={"model": model, "format": "json", "seed": 0},
+        files={"file": ("d.png", sent, "image/png")},
+    ).json()
+    shown = session.js("explorer.analysis.scores.result")
+    assert shown == direct  # seeded: the page's numbers are the API's, exactly
+    assert session.js("document.getElementById('errmap').naturalWidth") == 28
+    emap = session.js(
+        """(() => { const img = document.getElementById('errmap');
+          const c = document.createElement('canvas'); c.width = c.height = 28;
+          const ctx = c.getContext('2d'); ctx.drawImage(img, 0, 0);
+          return Array.from(ctx.getImageData(0, 0, 28, 28).data); })()"""
+    )
+    emap = np.asarray(emap).reshape(28, 28, 4)
+    expected = np.asarray(Image.open(io.BytesIO(base64.b64decode(direct["error_map"]))))
+    assert np.array_equal(emap[..., :3], expected)
+    if direct["kind"] == "vae":
+        assert page.inner_text("#logpx") == f"{direct['log_px']:.1f} nats"
+        assert page.inner_text("#bpd") == f"{direct['bits_per_dim']:.3f}"
+    verdict = direct["typicality"]
+    assert verdict is not None  # the page's models carry a reference (explorer_models)
+    gauge = page.locator("#gauge")
+    assert float(gauge.get_attribute("data-percentile")) == pytest.approx(verdict["percentile"])
+    assert gauge.get_attribute("aria-valuenow") is not None
+    label = page.inner_text("#gauge-label")
+    assert label.startswith("Typical" if verdict["typical"] else "Atypical"), label
+    # the three pictures side by side, inside the panel
+    boxes = [session.box(s) for s in ("#seen", "#recon", "#errmap")]
+    assert boxes[0]["y"] == boxes[1]["y"] == boxes[2]["y"]
+    assert session.js("document.documentElement.scrollWidth <= window.innerWidth")
+    screenshot(page, shots, "09-score")
+    names = session.js("explorer.state.models.map((m) => m.name + ':' + m.kind)")
+    ae = next((n.split(":")[0] for n in names if n.endswith(":ae")), None)
+    if ae:
+        page.click(f"label[for=model-{ae}]")
+        session.wait("(m) => explorer.analysis.scores.result?.model === m", ae)
+        assert page.is_hidden("#logpx")
+        assert "reconstruction error only" in page.inner_text("#score-note")

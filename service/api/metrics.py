@@ -40,6 +40,14 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        # Beside vae_http_requests (whose labels stay as they are): which API the requests used.
+        self.protocol_requests = Counter(
+            "vae_protocol_requests",
+            "HTTP requests by API protocol (rest: the REST API; oip: the Open Inference "
+            "Protocol under /v2) and status code",
+            ["protocol", "status"],
+            registry=self.registry,
+        )
         self.inference = Histogram(
             "vae_inference_duration_seconds",
             "onnxruntime time per call by model and graph (encoder or decoder)",
@@ -62,10 +70,13 @@ class Metrics:
             multiprocess_mode="max",
         )
 
-    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+    def observe_request(
+        self, method: str, route: str, status: int, seconds: float, protocol: str = "rest"
+    ) -> None:
         labels = (method, route, str(status))
         self.requests.labels(*labels).inc()
         self.latency.labels(*labels).observe(seconds)
+        self.protocol_requests.labels(protocol, str(status)).inc()
 
     def observe_inference(self, model: str, graph: str, batch: int, seconds: float) -> None:
         """An `InferenceObserver` for service.models."""

@@ -16,10 +16,12 @@ from datetime import UTC, datetime
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.auth import redact_query
 from service.api.metrics import Metrics
 
 access_logger = logging.getLogger("service.access")
@@ -28,10 +30,24 @@ REQUEST_ID_HEADER = "X-Request-ID"
 # An incoming request id is echoed only if it is short and harmless in logs and headers.
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 UNMATCHED_ROUTE = "<unmatched>"
+CLIENT_CLOSED = 499  # the client went away before its request was read: nothing was sent
+# The Open Inference Protocol (service/api/oip) lives under /v2: its errors are {"error": ...},
+# and metrics and the access log label its requests protocol="oip" (the REST API's "rest").
+OIP_PREFIX = "/v2"
+
+
+def protocol_of(path: str) -> str:
+    """'oip' for the Open Inference Protocol's paths (/v2, /v2/...), else 'rest'."""
+    return "oip" if path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/") else "rest"
+
+
+def error_body(scope: Scope, message: object) -> dict[str, object]:
+    """An error body as the request's protocol has it: {"detail": ...}, or {"error": ...}."""
+    return {"error": str(message)} if protocol_of(scope["path"]) == "oip" else {"detail": message}
 
 
 # Probes and metrics: never refused for load, never counted in it.
-EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
 # "Connection: close" on refusals of a body: uvicorn then drops the connection instead of
 # reading (and discarding) the rest of a 1 GB upload.
 _CLOSE = {"Connection": "close"}
@@ -72,7 +88,7 @@ class BodySizeLimitMiddleware:
         if declared and declared.strip().isdigit() and int(declared) > self.max_bytes:
             error = BodyTooLarge(self.max_bytes)
             response = JSONResponse(
-                {"detail": f"{error.detail} (Content-Length is {int(declared)})"},
+                error_body(scope, f"{error.detail} (Content-Length is {int(declared)})"),
                 status_code=413,
                 headers={"Connection": "close"},
             )
@@ -114,7 +130,7 @@ class BodySizeLimitMiddleware:
             if started:
                 raise
             response = JSONResponse(
-                {"detail": error.detail}, status_code=error.status_code, headers=_CLOSE
+                error_body(scope, error.detail), status_code=error.status_code, headers=_CLOSE
             )
             await response(scope, receive, send)
 
@@ -144,10 +160,11 @@ class ConcurrencyLimitMiddleware:
             return
         if self.in_flight >= self.limit:
             response = JSONResponse(
-                {
-                    "detail": f"server busy: {self.limit} requests in progress "
-                    f"(VAE_MAX_CONCURRENCY); retry after {self.retry_after} s"
-                },
+                error_body(
+                    scope,
+                    f"server busy: {self.limit} requests in progress "
+                    f"(VAE_MAX_CONCURRENCY); retry after {self.retry_after} s",
+                ),
                 status_code=503,
                 headers={"Retry-After": str(self.retry_after)},
             )
@@ -217,19 +234,26 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_headers)
+        except ClientDisconnect:
+            # The client hung up before its body was read in full (scripts/chaos.py,
+            # "disconnects"): nobody to answer and nothing wrong here, so no traceback and no
+            # 500; 499 ("client closed request", as nginx logs it) in the log and metrics.
+            status = CLIENT_CLOSED
         except Exception:
             error_logger.exception("unhandled error in request %s", request_id)
             if started:
                 raise
             status = 500
             response = JSONResponse(
-                {"detail": f"internal server error (request id {request_id})"}, status_code=500
+                error_body(scope, f"internal server error (request id {request_id})"),
+                status_code=500,
             )
             await response(scope, receive, send_with_headers)
         finally:
             seconds = time.perf_counter() - start
             route = _route_template(scope, self.routes)
-            self.metrics.observe_request(scope["method"], route, status, seconds)
+            protocol = protocol_of(scope["path"])
+            self.metrics.observe_request(scope["method"], route, status, seconds, protocol)
             if self.access_log:
                 client = scope.get("client")
                 access_logger.info(
@@ -240,7 +264,8 @@ class RequestContextMiddleware:
                             "method": scope["method"],
                             "path": scope["path"],
                             "route": route,
-                            "query": scope.get("query_string", b"").decode("latin-1"),
+                            "protocol": protocol,
+                            "query": redact_query(scope.get("query_string", b"").decode("latin-1")),
                             "status": status,
                             "duration_ms": round(seconds * 1000, 3),
                             "bytes_out": bytes_out,

@@ -21,6 +21,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 DEFAULT_MAX_HEAD_BYTES = 32 * 1024
+KEEP_ALIVE_RECHECK = 0.01  # seconds: see timeout_keep_alive_handler
 
 
 class HeadTooLarge(httptools.HttpParserError):
@@ -37,6 +38,20 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_bytes = 0
         self._head_too_large = False
+        self._keep_alive_rechecked = False
+        self._close_after_next = False
+
+    def shed(self) -> None:
+        """Move this keep-alive connection elsewhere, at a response boundary: the response in
+        progress, or else the next one, says `Connection: close`, and the client reconnects
+        (the kernel then picks a socket among every worker's). The supervisor asks for this
+        when a replacement worker starts serving (service/process/workers.py): without it
+        the connections that moved to the other workers when one died would stay there."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:
+            cycle.keep_alive = False  # its response, not yet begun, says Connection: close
+        else:
+            self._close_after_next = True
 
     def _count(self, size: int) -> None:
         self._head_bytes += size
@@ -48,6 +63,7 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._in_head = True
         self._head_bytes = 0
+        self._keep_alive_rechecked = False
 
     def on_url(self, url: bytes) -> None:
         self._count(len(url))
@@ -60,6 +76,8 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         super().on_headers_complete()
+        if self._close_after_next and self.cycle is not None:
+            self.cycle.keep_alive = False
 
     def data_received(self, data: bytes) -> None:
         was_in_head = self._in_head
@@ -71,6 +89,23 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
             if self._head_bytes > self._max_head:
                 self._head_too_large = True
                 self.send_400_response("request head too large")
+
+    def timeout_keep_alive_handler(self) -> None:
+        """Close an idle keep-alive connection, but look for a request once more first.
+
+        uvloop (libuv) runs due timers before it polls for I/O. When the process has not run
+        for longer than the keep-alive timeout (SIGSTOP, a VM pause, a long stall: measured by
+        scripts/chaos.py, "sigstop"), the timer of a connection whose next request arrived in
+        time fires before that request is read, and closing then resets the connection under
+        the client. A second chance KEEP_ALIVE_RECHECK later lets pending bytes be read first
+        (reading cancels the timer); a connection that really is idle closes 10 ms later."""
+        if not self._keep_alive_rechecked and not self.transport.is_closing():
+            self._keep_alive_rechecked = True
+            self.timeout_keep_alive_task = self.loop.call_later(
+                KEEP_ALIVE_RECHECK, self.timeout_keep_alive_handler
+            )
+            return
+        super().timeout_keep_alive_handler()
 
     def send_400_response(self, msg: str) -> None:
         if not self._head_too_large:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # The repository's models/ folder (service/ sits next to it).
@@ -61,6 +61,37 @@ class Settings(BaseSettings):
         description="seconds SIGTERM waits for requests in progress to finish before "
         "cutting them off (then the process exits)",
     )
+    max_worker_restarts: int = Field(
+        5,
+        ge=0,
+        description="worker processes the supervisor replaces within VAE_WORKER_RESTART_WINDOW "
+        "seconds when they die (OOM kill, crash); one more death stops the server with exit "
+        "status 1, for the orchestrator to restart it (0 = never replace: the first death stops "
+        "the server). Restarts back off from 0.5 s, doubling to 10 s",
+    )
+    worker_restart_window: float = Field(
+        60.0, gt=0, description="seconds over which VAE_MAX_WORKER_RESTARTS is counted"
+    )
+    worker_heartbeat_timeout: float = Field(
+        30.0,
+        ge=0,
+        description="seconds a worker's event loop may go without its heartbeat (stopped, "
+        "deadlocked) before the supervisor kills and replaces it (0 = no heartbeat check)",
+    )
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="API keys, comma-separated: when set (or VAE_API_KEYS_FILE), every model "
+        "route needs `Authorization: Bearer <key>` or `X-API-Key: <key>` (empty = no auth)",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="file of API keys, one per line (blank lines and # comments ignored), read "
+        "at start-up, e.g. a Kubernetes Secret mounted as a file; adds to VAE_API_KEYS",
+    )
+    auth_probes: bool = Field(
+        False, description="with API keys on, /healthz and /readyz need a key too"
+    )
+    auth_metrics: bool = Field(False, description="with API keys on, /metrics needs a key too")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="origins allowed by CORS, comma-separated or JSON list (empty = CORS off)",
@@ -71,6 +102,13 @@ class Settings(BaseSettings):
     access_log: bool = Field(True, description="one JSON line per request on stderr")
     host: str = Field("127.0.0.1", description="address `python -m service` listens on")
     port: int = Field(8000, ge=0, le=65535, description="port `python -m service` listens on")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
 
     @field_validator("cors_origins", mode="before")
     @classmethod

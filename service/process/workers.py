@@ -1,10 +1,10 @@
-"""Several uvicorn worker processes on one port, each with its own listening socket.
+"""Several uvicorn worker processes on one port, each with its own listening socket, kept alive.
 
 Why not uvicorn's own `--workers`: its workers share one listening socket, and whichever
 process wakes first accepts every connection waiting (uvloop accepts in a loop). A burst of
 keep-alive connections (a load balancer's pool, a benchmark's 32 clients) then often lands on
-one worker while the other idles, and such runs do about half the requests/s (BENCHMARKS.md,
-"What changed in the service, and why", 1). Here each
+one worker while the other idles: measured on 2 cores, /encode at 32 connections ran at
+~1,000 requests/s in such runs against ~1,750 when the connections were spread. Here each
 worker binds its own socket with SO_REUSEPORT, and the kernel spreads new connections evenly
 over the workers' sockets. A worker only listens once its models are loaded (uvicorn calls
 listen() after the lifespan start-up), so no connection waits on a worker still starting.
@@ -12,14 +12,30 @@ listen() after the lifespan start-up), so no connection waits on a worker still 
 The parent only supervises: it reserves the port (bound, not listening, so a port in use fails
 once, here, and port 0 picks one port for all), starts the workers, forwards SIGTERM / SIGINT
 to each once (they drain as a single uvicorn would), and exits 0 when all of them have exited
-cleanly. If a worker dies on its own (a model that fails to load, a crash), the parent stops
-the others and exits non-zero: the orchestrator restarts the whole server, as it would a
-single-process one. /metrics is aggregated over the workers (prometheus_client's
-multiprocess mode, in a temporary folder the parent removes at exit).
+cleanly.
+
+Self-healing (RELIABILITY.md, "Worker faults"). A worker that exits on its own (OOM kill,
+crash, kill -9) is replaced on a fresh SO_REUSEPORT socket of its own while the others keep
+serving: the kernel closes the dead worker's socket, so new connections only reach the
+listening ones, and the replacement takes its share again once its models are loaded (the
+others then close each keep-alive connection after its next response, SHED_SIGNAL, so that the
+clients that moved to them reconnect and spread over every socket again).
+Restarts back off (0.5 s doubling to 10 s); more than VAE_MAX_WORKER_RESTARTS of them within
+VAE_WORKER_RESTART_WINDOW seconds stop the server with exit status 1, for the orchestrator to
+take over. A worker that cannot load its models (uvicorn's start-up failure, exit status
+STARTUP_FAILURE, at start-up or as a replacement) stops the server with the loader's message:
+a replacement cannot do better than the one that failed. Each worker beats a heartbeat into
+shared memory from its event loop; one whose loop has not run for VAE_WORKER_HEARTBEAT_TIMEOUT
+seconds (stopped, deadlocked) is killed and replaced.
+
+/metrics is aggregated over the workers (prometheus_client's multiprocess mode, in a temporary
+folder the parent removes at exit); the supervisor writes its own two series there,
+vae_worker_restarts_total and vae_workers_live (plus vae_workers_configured).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import logging
@@ -31,14 +47,51 @@ import socket
 import sys
 import tempfile
 import time
-from typing import Any
+from collections import deque
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from service.process.settings import Settings
 
 APP = "service.app:create_app"
 STARTUP_FAILURE = 3  # uvicorn's exit status when the app's start-up fails
+RESTART_LIMIT_EXIT = 1  # too many restarts within the window
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+HEARTBEAT_INTERVAL = 0.25  # seconds between a worker's heartbeats
+# Sent by the supervisor to the workers already serving once a replacement serves: they close
+# each keep-alive connection after its next response, and the clients' reconnections spread
+# over every worker again.
+SHED_SIGNAL = signal.SIGUSR1
+_POLL = 0.1  # the supervisor's loop, seconds
 _PR_SET_PDEATHSIG = 1
 
 logger = logging.getLogger("service")
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When the supervisor replaces a worker that died, and when it gives up."""
+
+    max_restarts: int = 5  # within `window` seconds; one more stops the server (0: never)
+    window: float = 60.0
+    heartbeat_timeout: float = 30.0  # 0: no heartbeat check
+    backoff_start: float = 0.5
+    backoff_cap: float = 10.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RestartPolicy:
+        return cls(
+            max_restarts=settings.max_worker_restarts,
+            window=settings.worker_restart_window,
+            heartbeat_timeout=settings.worker_heartbeat_timeout,
+        )
+
+    def delay(self, recent: int) -> float:
+        """Seconds before the `recent`-th restart within the window (1, 2, ...)."""
+        return float(min(self.backoff_cap, self.backoff_start * 2 ** max(0, recent - 1)))
 
 
 def _socket(host: str, port: int) -> socket.socket:
@@ -60,26 +113,183 @@ def _exit_cleanly(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-def _worker(host: str, port: int, options: dict[str, Any]) -> None:
-    """One worker process: its own SO_REUSEPORT socket, one uvicorn server."""
+def _writable(directory: str) -> bool:
+    """Whether a new file can be created in `directory` (root ignores mode bits, so try it)."""
+    try:
+        fd, path = tempfile.mkstemp(dir=directory, prefix=".probe-")
+    except OSError:
+        return False
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    return True
+
+
+class _FirstError(logging.Handler):
+    """Keeps the first ERROR logged by the service or uvicorn: the loader's message
+    ("cannot start: ...") when a worker's start-up fails."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.message: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.message is None or record.name == "service":
+            with contextlib.suppress(Exception):
+                text = record.getMessage()
+                if self.message is None or text.startswith("cannot start"):
+                    self.message = text
+
+
+def _worker(
+    host: str,
+    port: int,
+    options: dict[str, Any],
+    slot: int,
+    beats: Any,
+    report: Connection,
+) -> None:
+    """One worker process: its own SO_REUSEPORT socket, one uvicorn server, a heartbeat."""
     # uvicorn re-raises the SIGTERM it drained on: exit 0, like the single-process server.
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    signal.signal(SHED_SIGNAL, signal.SIG_IGN)  # until the server can act on it
     os.setpgrp()  # a terminal's Ctrl-C reaches the supervisor only; it forwards it once
     _die_with_parent()
     from service.inference.sessions import limit_malloc_arenas
 
     limit_malloc_arenas()
+    directory = os.environ.get(METRICS_DIR_ENV)
+    if directory and not _writable(directory):
+        # Serving beats metrics: this worker's counts stay its own (missing from the others'
+        # /metrics) rather than the worker failing on its first metric.
+        os.environ.pop(METRICS_DIR_ENV)
+        print(
+            f"vae-serve: worker {os.getpid()}: {directory} is not writable; this worker's "
+            "metrics are its own, missing from the other workers' /metrics",
+            file=sys.stderr,
+            flush=True,
+        )
     import uvicorn
 
+    class Server(uvicorn.Server):
+        """uvicorn, plus a heartbeat from the event loop once it serves (listens)."""
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:
+                loop = asyncio.get_running_loop()
+                loop.add_signal_handler(SHED_SIGNAL, self.shed)
+                self._heartbeat = loop.create_task(self.beat())
+
+        def shed(self) -> None:
+            """Have every keep-alive connection reconnect after its current or next response
+            (http_protocol.py, `shed`), so that the kernel spreads them over every worker."""
+            for connection in list(self.server_state.connections):
+                shed = getattr(connection, "shed", None)
+                if shed is not None:
+                    shed()
+
+        async def beat(self) -> None:
+            while True:
+                beats[slot] = time.monotonic()  # CLOCK_MONOTONIC: one clock for all processes
+                await asyncio.sleep(HEARTBEAT_INTERVAL)
+
     sock = _socket(host, port)  # bound here; uvicorn listens once the models are loaded
-    server = uvicorn.Server(uvicorn.Config(APP, factory=True, **options))
-    server.run(sockets=[sock])
+    server = Server(uvicorn.Config(APP, factory=True, **options))
+    errors = _FirstError()
+    for name in ("service", "uvicorn.error"):  # after Config: it configures logging
+        logging.getLogger(name).addHandler(errors)
+    try:
+        server.run(sockets=[sock])
+    except SystemExit as exc:
+        if server.started or exc.code in (0, None):
+            raise
     if not server.started:
+        with contextlib.suppress(OSError):
+            report.send(errors.message or "the worker's start-up failed (see its log above)")
         sys.exit(STARTUP_FAILURE)
 
 
-def serve(workers: int, host: str, port: int, options: dict[str, Any]) -> int:
+def _how(exitcode: int) -> str:
+    if exitcode < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        return f"was killed by signal {-exitcode}"
+    return f"exited with status {exitcode}"
+
+
+class _SupervisorMetrics:
+    """The supervisor's series, written into the workers' multiprocess folder, so that every
+    worker's /metrics includes them."""
+
+    def __init__(self, configured: int) -> None:
+        self.restarts: Any = None
+        self.live: Any = None
+        with contextlib.suppress(Exception):  # metrics never stop the server
+            from prometheus_client import Counter, Gauge, values
+
+            if not getattr(values.ValueClass, "_multiprocess", False):
+                # Imported before PROMETHEUS_MULTIPROC_DIR was set: choose again.
+                values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+            self.restarts = Counter(
+                "vae_worker_restarts",
+                "worker processes the supervisor started to replace ones that exited",
+                registry=None,
+            )
+            self.live = Gauge(
+                "vae_workers_live",
+                "worker processes serving (listening, heartbeat current)",
+                registry=None,
+                multiprocess_mode="max",
+            )
+            configured_gauge = Gauge(
+                "vae_workers_configured",
+                "worker processes the supervisor keeps running (VAE_WORKERS)",
+                registry=None,
+                multiprocess_mode="max",
+            )
+            configured_gauge.set(configured)
+            self.live.set(0)
+
+    def restarted(self) -> None:
+        if self.restarts is not None:
+            with contextlib.suppress(Exception):
+                self.restarts.inc()
+
+    def serving(self, count: int) -> None:
+        if self.live is not None:
+            with contextlib.suppress(Exception):
+                self.live.set(count)
+
+
+@dataclass
+class _Slot:
+    """One worker position: the process in it now, or the time its replacement is due."""
+
+    index: int
+    process: BaseProcess | None = None
+    report: Connection | None = None
+    started_at: float = 0.0
+    serving: bool = False
+    killed_for_heartbeat: bool = False
+    died_at: float | None = None
+    replacing: int | None = None  # the pid this one replaces
+    restart_at: float | None = None
+
+
+def _say(message: str) -> None:
+    print(f"vae-serve: {message}", file=sys.stderr, flush=True)
+
+
+def serve(
+    workers: int,
+    host: str,
+    port: int,
+    options: dict[str, Any],
+    policy: RestartPolicy | None = None,
+) -> int:
     """Run `workers` uvicorn processes on host:port until SIGTERM / SIGINT; the exit status."""
+    policy = policy or RestartPolicy()
     try:
         holder = _socket(host, port)  # reserves the port for our workers (same user)
     except OSError as exc:
@@ -88,63 +298,190 @@ def serve(workers: int, host: str, port: int, options: dict[str, Any]) -> int:
     port = holder.getsockname()[1]
     metrics_dir = tempfile.mkdtemp(prefix="vae-metrics-")
     os.environ[METRICS_DIR_ENV] = metrics_dir  # read by prometheus_client as workers import it
+    metrics = _SupervisorMetrics(workers)
     context = multiprocessing.get_context("spawn")
-    processes = [
-        context.Process(target=_worker, args=(host, port, options), name=f"vae-worker-{i}")
-        for i in range(workers)
-    ]
+    beats = context.RawArray(ctypes.c_double, workers)  # heartbeats, time.monotonic()
+    slots = [_Slot(i) for i in range(workers)]
+    restarts: deque[float] = deque()  # when each restart within the window happened
     stopping: list[int] = []
+    stopped_codes: list[int] = []  # exit statuses of the workers that exited once stopping
+    status = 0
+
+    def alive() -> list[BaseProcess]:
+        return [s.process for s in slots if s.process is not None and s.process.is_alive()]
 
     def stop(signum: int, frame: object = None) -> None:
         if stopping:
             return
         stopping.append(signum)
-        for process in processes:
-            if process.pid is not None and process.is_alive():
+        for process in alive():
+            if process.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, signum)
 
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    status = 0
-    try:
-        for process in processes:
-            process.start()
-        print(
-            f"vae-serve: {workers} worker processes on http://{host}:{port} "
-            f"(pids {', '.join(str(p.pid) for p in processes)})",
-            file=sys.stderr,
-            flush=True,
+    def launch(slot: _Slot) -> None:
+        beats[slot.index] = 0.0
+        receiver, sender = context.Pipe(duplex=False)
+        process = context.Process(
+            target=_worker,
+            args=(host, port, options, slot.index, beats, sender),
+            name=f"vae-worker-{slot.index}",
         )
-        while any(p.is_alive() for p in processes):
-            for process in processes:
-                process.join(timeout=0.2)
-                if process.exitcode is not None and process.exitcode != 0 and not stopping:
-                    # A worker that stops by itself stops the server.
-                    status = process.exitcode if process.exitcode > 0 else 1
-                    print(
-                        f"vae-serve: worker {process.pid} exited with {process.exitcode}; "
-                        "stopping the others",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    stop(signal.SIGTERM)
+        slot.started_at = time.monotonic()
+        process.start()
+        sender.close()
+        slot.process, slot.report, slot.serving = process, receiver, False
+        slot.killed_for_heartbeat, slot.restart_at = False, None
+
+    def rebalance(replacement: _Slot) -> None:
+        """The other serving workers shed their keep-alive connections (SHED_SIGNAL)."""
+        for other in slots:
+            pid = other.process.pid if other.process is not None else None
+            if other is not replacement and other.serving and pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, SHED_SIGNAL)
+
+    def serving_count() -> int:
+        return sum(s.serving for s in slots)
+
+    def startup_message(slot: _Slot) -> str | None:
+        with contextlib.suppress(OSError, EOFError):
+            if slot.report is not None and slot.report.poll():
+                return str(slot.report.recv())
+        return None
+
+    def exited(slot: _Slot, process: BaseProcess, now: float) -> None:
+        """A worker's process is gone: record it, then replace it, or stop the server."""
+        nonlocal status
+        code = process.exitcode if process.exitcode is not None else 1
+        pid = process.pid
+        served = slot.serving
+        message = startup_message(slot)
+        if slot.report is not None:
+            slot.report.close()
+        slot.process, slot.report, slot.serving, slot.died_at = None, None, False, now
+        metrics.serving(serving_count())
+        with contextlib.suppress(Exception):  # the folder may be unwritable: never fatal
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]
+        if stopping:
+            stopped_codes.append(code)
+            return
+        if code == STARTUP_FAILURE and not served:
+            _say(
+                f"worker {pid} could not start: {message or 'see its log above'}; "
+                "stopping the server"
+            )
+            status = STARTUP_FAILURE
+            stop(signal.SIGTERM)
+            return
+        how = _how(code)
+        if slot.killed_for_heartbeat:
+            how += " (by the supervisor: no heartbeat)"
+        while restarts and now - restarts[0] > policy.window:
+            restarts.popleft()
+        if len(restarts) >= policy.max_restarts:
+            _say(
+                f"worker {pid} {how}; {len(restarts)} restarts within "
+                f"{policy.window:g} s already (VAE_MAX_WORKER_RESTARTS={policy.max_restarts}, "
+                f"VAE_WORKER_RESTART_WINDOW={policy.window:g}): stopping the server"
+            )
+            status = RESTART_LIMIT_EXIT
+            stop(signal.SIGTERM)
+            return
+        restarts.append(now)
+        delay = policy.delay(len(restarts))
+        slot.restart_at, slot.replacing = now + delay, pid
+        _say(
+            f"worker {pid} {how}; starting a replacement in {delay:g} s "
+            f"(restart {len(restarts)} of {policy.max_restarts} allowed within "
+            f"{policy.window:g} s); {serving_count()} of {workers} workers serving"
+        )
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for slot in slots:
+            launch(slot)
+        _say(
+            f"{workers} worker processes on http://{host}:{port} "
+            f"(pids {', '.join(str(s.process.pid) for s in slots if s.process)})"
+        )
+        last = checked_since = time.monotonic()
+        while True:
+            if stopping and all(slot.process is None for slot in slots):
+                break
+            sentinels = [p.sentinel for p in alive()]
+            if sentinels:
+                wait(sentinels, timeout=_POLL)
+            else:
+                time.sleep(_POLL)
+            now = time.monotonic()
+            if now - last > 1.0:
+                # The supervisor itself did not run (suspended, starved): heartbeats that
+                # look old now are not the workers' fault.
+                checked_since = now
+            last = now
+            for slot in slots:
+                process = slot.process
+                if process is None:
+                    if not stopping and slot.restart_at is not None and now >= slot.restart_at:
+                        launch(slot)
+                        metrics.restarted()
+                    continue
+                if process.is_alive():
+                    beat = beats[slot.index]
+                    if not slot.serving and beat >= slot.started_at:
+                        slot.serving = True
+                        metrics.serving(serving_count())
+                        if slot.replacing is not None and slot.died_at is not None:
+                            _say(
+                                f"worker {process.pid} (replacing {slot.replacing}) serving, "
+                                f"{now - slot.died_at:.1f} s after the exit; "
+                                f"{serving_count()} of {workers} workers serving; the others' "
+                                "keep-alive connections reconnect after their next response"
+                            )
+                            rebalance(slot)
+                    elif (
+                        slot.serving
+                        and policy.heartbeat_timeout > 0
+                        and not stopping
+                        and not slot.killed_for_heartbeat
+                        and now - max(beat, checked_since) > policy.heartbeat_timeout
+                        and process.pid is not None
+                    ):
+                        _say(
+                            f"worker {process.pid}: no heartbeat for {now - beat:.1f} s "
+                            f"(VAE_WORKER_HEARTBEAT_TIMEOUT={policy.heartbeat_timeout:g}): "
+                            "killing it"
+                        )
+                        slot.killed_for_heartbeat = True
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(process.pid, signal.SIGKILL)
+                    continue
+                process.join()
+                exited(slot, process, now)
         if not status:
             # Asked to stop: a worker that drained exits 0; one stopped by the signal before
             # its server was running is clean too.
             clean = {0, *(-s for s in stopping)}
-            status = next(
-                (c if c > 0 else 1 for c in (p.exitcode for p in processes) if c not in clean), 0
-            )
+            status = next((c if c > 0 else 1 for c in stopped_codes if c not in clean), 0)
     finally:
         stop(signal.SIGTERM)
         deadline = time.monotonic() + 5
-        for process in processes:
-            if process.pid is not None:
+        for slot in slots:
+            process = slot.process
+            if process is not None and process.pid is not None:
                 process.join(timeout=max(0.0, deadline - time.monotonic()))
                 if process.is_alive():
                     process.kill()
+                    process.join(timeout=5)
+            if slot.report is not None:
+                slot.report.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
         holder.close()
+        with contextlib.suppress(OSError):
+            os.chmod(metrics_dir, 0o700)  # in case someone made it read-only
         shutil.rmtree(metrics_dir, ignore_errors=True)
     return status

@@ -44,12 +44,98 @@ class ApiError extends Error {
   }
 }
 
-async function api(path, options) {
-  let response;
+// API keys (VAE_API_KEYS on the server): a 401 asks for a key, kept for this tab only
+// (sessionStorage) and sent as `Authorization: Bearer <key>`; then the request is retried.
+const KEY_STORE = "vae-api-key";
+let keyPrompt = null; // one dialog at a time, shared by every request that got a 401
+let keyDeclined = false;
+
+function storedKey() {
   try {
-    response = await fetch(path, options);
-  } catch (err) {
-    throw new ApiError(`cannot reach the service (${err.message})`);
+    return sessionStorage.getItem(KEY_STORE);
+  } catch {
+    return null; // storage blocked: ask each time
+  }
+}
+
+function storeKey(key) {
+  try {
+    if (key) sessionStorage.setItem(KEY_STORE, key);
+    else sessionStorage.removeItem(KEY_STORE);
+  } catch {
+    /* storage blocked */
+  }
+}
+
+// Resolves with the key entered, or null when the dialog is dismissed.
+function askForKey(rejected) {
+  if (keyPrompt) return keyPrompt;
+  keyPrompt = new Promise((resolve) => {
+    const dialog = document.createElement("dialog");
+    dialog.id = "key-dialog";
+    dialog.className = "key-dialog";
+    dialog.setAttribute("aria-labelledby", "key-h");
+    dialog.innerHTML = `<form method="dialog" id="key-form">
+        <h2 id="key-h">API key</h2>
+        <p id="key-note"></p>
+        <label for="api-key">Key</label>
+        <input id="api-key" name="key" type="password" autocomplete="off" spellcheck="false" required>
+        <div class="row buttons">
+          <button type="submit" id="key-go">Use this key</button>
+          <button type="button" id="key-cancel">Cancel</button>
+        </div>
+      </form>`;
+    dialog.querySelector("#key-note").textContent = rejected
+      ? "The service did not accept that key. Enter another one."
+      : "This service needs an API key. It is kept for this tab only.";
+    const input = dialog.querySelector("#api-key");
+    const finish = (key) => {
+      if (dialog.open) dialog.close();
+      dialog.remove();
+      keyPrompt = null;
+      keyDeclined = !key;
+      resolve(key);
+    };
+    dialog.querySelector("#key-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      const key = input.value.trim();
+      if (!key) return;
+      storeKey(key);
+      finish(key);
+    });
+    dialog.querySelector("#key-cancel").addEventListener("click", () => finish(null));
+    dialog.addEventListener("cancel", (e) => {
+      e.preventDefault();
+      finish(null);
+    });
+    document.body.append(dialog);
+    dialog.showModal();
+    input.focus();
+  });
+  return keyPrompt;
+}
+
+async function api(path, options = {}) {
+  let response;
+  for (;;) {
+    const key = storedKey();
+    const headers = new Headers(options.headers || {});
+    if (key) headers.set("Authorization", `Bearer ${key}`);
+    try {
+      response = await fetch(path, { ...options, headers });
+    } catch (err) {
+      throw new ApiError(`cannot reach the service (${err.message})`);
+    }
+    if (response.status !== 401) break;
+    const now = storedKey();
+    if (now && now !== key) continue; // a key entered meanwhile: use it
+    if (key) storeKey(null);
+    if (keyDeclined && !keyPrompt) {
+      throw new ApiError("this service needs an API key (reload the page to enter one)", 401);
+    }
+    if (!(await askForKey(Boolean(key)))) {
+      throw new ApiError("this service needs an API key (reload the page to enter one)", 401);
+    }
   }
   if (!response.ok) {
     let detail = response.statusText || `HTTP ${response.status}`;
@@ -449,6 +535,7 @@ class LatentMap {
       ctx.globalAlpha = 1;
     }
     this.drawPins();
+    window.analysis?.drawOn(this); // interpolation paths (analysis.js)
     this.drawEncoding(unit);
     this.drawCursor(true);
     ctx.restore();
@@ -630,6 +717,8 @@ function showProbeText(model, z) {
 let pinCounter = 0;
 
 async function pin(model, xy) {
+  // the Interpolate view picks path ends instead (analysis.js)
+  if (state.view === "interp" && window.analysis) return window.analysis.pick(model, xy);
   const z = fullZ(model, xy);
   pinCounter += 1;
   const entry = { id: pinCounter, model, z, url: null };
@@ -852,6 +941,7 @@ async function render() {
   document.body.classList.toggle("comparing", compare);
   if (compare) await showCompare();
   else await showMainMap();
+  window.analysis?.onView();
 }
 
 function renderLegend(points, kind) {
@@ -1031,6 +1121,7 @@ function clearInput() {
   state.result = null;
   state.encodings.clear();
   $("result").hidden = true;
+  window.analysis?.onClear();
   for (const map of allMaps()) {
     map.encoding = null;
     map.draw();
@@ -1077,6 +1168,7 @@ async function sendInput(blob, { fresh = true } = {}) {
 
 function clearInputView() {
   $("result").hidden = true;
+  window.analysis?.onClear();
   state.encodings.clear();
   updateEncodingMarks();
 }
@@ -1120,6 +1212,7 @@ function showResult(json) {
   $("result-note").textContent = vae
     ? "The encoder gives a distribution, N(μ, σ²); the reconstruction is decoded from μ."
     : "A plain autoencoder maps the image to one point z, with no uncertainty.";
+  window.analysis?.onResult(json); // log p(x), typicality, error map (analysis.js)
 }
 
 // --------------------------------------------------------------- samples

@@ -1,0 +1,230 @@
+"""Optional API keys: VAE_API_KEYS and VAE_API_KEYS_FILE (off unless one is set).
+
+With keys on, every request needs `Authorization: Bearer <key>` or `X-API-Key: <key>`, except
+the explorer page and its assets (GET /, /static/...), the API docs (/docs, /redoc,
+/openapi.json: the page asks for the key, /docs has an Authorize button), and the probes
+(/healthz, /readyz and the Open Inference Protocol's /v2/health/live, /v2/health/ready) and
+/metrics unless VAE_AUTH_PROBES / VAE_AUTH_METRICS say otherwise. Default deny: a route added
+later, or a path that matches nothing, needs a key too. A key in the query string is never
+looked at (URLs end up in logs, histories and Referer headers).
+
+A missing or wrong key is a 401 with `WWW-Authenticate: Bearer` and a `detail` that says
+nothing about the keys. The comparison takes the same time whichever key matches, or none:
+the SHA-256 of what the client sent is compared with the SHA-256 of every key, each with
+hmac.compare_digest and without stopping at a match (equal-length digests, so not even a key's
+length shows). Keys are kept as their digests only, never logged, never in an error message,
+and Settings shows them as `**********`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_plus
+
+from service.process.api_keys import ApiKeyError, ApiKeys, load_api_keys, read_key_file
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+__all__ = [
+    "ApiKeyError",
+    "ApiKeyMiddleware",
+    "ApiKeys",
+    "document_security",
+    "is_protected",
+    "load_api_keys",
+    "read_key_file",
+    "redact_query",
+]
+
+KEY_HEADER = "X-API-Key"
+# Always open: the explorer page and its assets (its API calls carry the key), the API docs.
+OPEN_PATHS = frozenset({"/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+OPEN_PREFIXES = ("/static/",)
+# The Open Inference Protocol's probes are probes too (KServe's kubelet sends no key).
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
+METRICS_PATHS = frozenset({"/metrics"})
+MISSING = (
+    f"this service needs an API key: send `Authorization: Bearer <key>` or `{KEY_HEADER}: <key>`"
+)
+WRONG = "the API key is not valid"
+_MAX_CANDIDATES = 4  # credentials looked at per request (each is compared with every key)
+# OpenAPI security schemes (/docs shows an Authorize button for each).
+BEARER_SCHEME = "bearerAuth"
+HEADER_SCHEME = "apiKeyHeader"
+
+
+# Query parameters whose values the access log never shows (keys are not accepted there, but
+# a client may still send one that way).
+CREDENTIAL_PARAMETERS = frozenset(
+    {
+        "api_key",
+        "apikey",
+        "api-key",
+        "x-api-key",
+        "key",
+        "token",
+        "access_token",
+        "auth",
+        "authorization",
+        "bearer",
+        "password",
+        "secret",
+    }
+)
+
+
+def redact_query(query: str) -> str:
+    """`query` with the values of credential-like parameters replaced by `[redacted]`."""
+    if "=" not in query:
+        return query
+    parts = []
+    for part in query.split("&"):
+        name, sep, _ = part.partition("=")
+        if sep and unquote_plus(name).strip().lower() in CREDENTIAL_PARAMETERS:
+            part = f"{name}=[redacted]"
+        parts.append(part)
+    return "&".join(parts)
+
+
+def is_protected(path: str, probes: bool = False, metrics: bool = False) -> bool:
+    """Whether a request for `path` needs a key (when keys are on)."""
+    if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+        return False
+    if path in PROBE_PATHS:
+        return probes
+    if path in METRICS_PATHS:
+        return metrics
+    return True
+
+
+def _credentials(scope: Scope) -> list[bytes]:
+    """What the request offers as a key: Bearer tokens and X-API-Key values (never the query)."""
+    found = []
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            scheme, _, token = value.strip().partition(b" ")
+            if scheme.lower() == b"bearer" and token.strip():
+                found.append(token.strip())
+        elif name == b"x-api-key" and value.strip():
+            found.append(value.strip())
+    return found[:_MAX_CANDIDATES]
+
+
+class ApiKeyMiddleware:
+    """401 for requests to protected paths without a valid key (pure ASGI: bodies are never
+    read; a refused request that has one gets `Connection: close`)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: ApiKeys,
+        protect_probes: bool = False,
+        protect_metrics: bool = False,
+    ) -> None:
+        self.app = app
+        self.keys = keys
+        self.protect_probes = protect_probes
+        self.protect_metrics = protect_metrics
+
+    def _path(self, scope: Scope) -> str:
+        path: str = scope.get("path", "/")
+        root: str = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :] or "/"
+        return path
+
+    def authorized(self, scope: Scope) -> tuple[bool, str]:
+        """(allowed, why not) for `scope`."""
+        if not is_protected(self._path(scope), self.protect_probes, self.protect_metrics):
+            return True, ""
+        offered = _credentials(scope)
+        if not offered:
+            return False, MISSING
+        valid = False
+        for candidate in offered:
+            valid |= self.keys.matches(candidate)
+        return valid, "" if valid else WRONG
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        allowed, detail = self.authorized(scope)
+        if allowed:
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        body = json.dumps({"detail": detail}).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"www-authenticate", b"Bearer"),
+        ]
+        if _has_body(scope):
+            # Do not read (and discard) an upload that will never be used.
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": 401, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope.get("headers", ()):
+        if name == b"transfer-encoding" or (
+            name == b"content-length" and value.strip() not in (b"", b"0")
+        ):
+            return True
+    return False
+
+
+def document_security(
+    app: FastAPI, protected: Callable[[str], bool] | None = None
+) -> Callable[[], dict[str, Any]]:
+    """Declare the two ways to send a key in the OpenAPI document (HTTPBearer and an
+    APIKeyHeader), and require one of them on every protected operation, with its 401: /docs
+    then shows an Authorize button and sends the key."""
+    generate = app.openapi
+    needs_key = protected or is_protected
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+        schemes[BEARER_SCHEME] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "an API key as `Authorization: Bearer <key>`",
+        }
+        schemes[HEADER_SCHEME] = {
+            "type": "apiKey",
+            "in": "header",
+            "name": KEY_HEADER,
+            "description": f"an API key as `{KEY_HEADER}: <key>`",
+        }
+        for path, operations in schema.get("paths", {}).items():
+            if not needs_key(path):
+                continue
+            for operation in operations.values():
+                if not isinstance(operation, dict):
+                    continue
+                operation["security"] = [{BEARER_SCHEME: []}, {HEADER_SCHEME: []}]
+                operation.setdefault("responses", {}).setdefault(
+                    "401",
+                    {
+                        "description": "missing or invalid API key",
+                        "headers": {
+                            "WWW-Authenticate": {
+                                "schema": {"type": "string"},
+                                "description": "`Bearer`",
+                            }
+                        },
+                    },
+                )
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return openapi
