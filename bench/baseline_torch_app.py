@@ -24,10 +24,10 @@ from fastapi import FastAPI, Query, Response
 from PIL import Image
 
 from training.config import ModelConfig, TrainConfig
-from training.model import build_model
+from training.model import Autoencoder, VariationalAutoencoder, build_model
 
 
-def load_model(run: Path | None) -> torch.nn.Module:
+def load_model(run: Path | None) -> Autoencoder | VariationalAutoencoder:
     """The VAE of a training run's checkpoint, or (run None) the untrained full-size model."""
     if run is None:
         torch.manual_seed(0)
@@ -51,7 +51,7 @@ def grid(images: np.ndarray) -> np.ndarray:
     return out
 
 
-def create_app(model: torch.nn.Module) -> FastAPI:
+def create_app(model: Autoencoder | VariationalAutoencoder) -> FastAPI:
     app = FastAPI(title="baseline: eager PyTorch VAE")
     z_dim = model.config.z_dim
 

@@ -184,7 +184,9 @@ def machine() -> dict:
     mem_kb = 0
     with contextlib.suppress(OSError):
         meminfo = Path("/proc/meminfo").read_text()
-        mem_kb = int(re.search(r"MemTotal:\s+(\d+)", meminfo).group(1))
+        found = re.search(r"MemTotal:\s+(\d+)", meminfo)
+        assert found is not None  # Linux's /proc/meminfo always has MemTotal
+        mem_kb = int(found.group(1))
     return {
         "nproc": os.cpu_count(),
         "affinity": len(os.sched_getaffinity(0)),

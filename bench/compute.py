@@ -201,7 +201,8 @@ def all_cores(folder: Path, flops: dict[str, int], seconds: float, batches=BATCH
 
 def pipelines(model, settings, seconds: float) -> dict:
     """Per-request CPU of each step the service runs, one thread, no HTTP."""
-    from starlette.datastructures import Headers
+    from pydantic import TypeAdapter
+    from starlette.datastructures import Headers, UploadFile
     from starlette.formparsers import MultiPartParser
 
     from bench.loadgen import multipart
@@ -209,11 +210,6 @@ def pipelines(model, settings, seconds: float) -> dict:
     from service.api.images import image_response
     from service.api.schemas import BatchEncoding, Encoding, ImageFormat, Preprocess
     from service.api.uploads import prepare
-
-    try:
-        from pydantic import TypeAdapter
-    except ImportError:  # pragma: no cover
-        TypeAdapter = None
 
     png = digit_pngs(1)[0]
     pngs = digit_pngs(64)
@@ -226,7 +222,9 @@ def pipelines(model, settings, seconds: float) -> dict:
 
         parser = MultiPartParser(Headers({"content-type": ctype}), stream(), max_files=1)
         form = await parser.parse()
-        data = await form["file"].read()
+        file = form["file"]
+        assert isinstance(file, UploadFile)  # a file part, not a plain field
+        data = await file.read()
         await form.close()
         return data
 
@@ -361,8 +359,8 @@ def imaging_open(data: bytes):
 
 def run(seconds: float = 1.0, out_dir: Path | None = None, name: str = "compute") -> dict:
     from service.inference.registry import load_model
-    from service.process.settings import Settings
     from service.process.cpus import layout
+    from service.process.settings import Settings
 
     quiet = warn_if_busy()
     folder_root, models_note = model_dir()

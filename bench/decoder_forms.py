@@ -26,6 +26,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -59,6 +60,7 @@ def conv_form(decoder, last: bool = False):
                 c = nn.Conv2d(cin, cout, (kh, kw), bias=True)
                 with torch.no_grad():
                     c.weight.copy_(taps.reshape(cout, cin, kh, kw))
+                    assert c.bias is not None and t.bias is not None  # both made with bias
                     c.bias.copy_(t.bias)
                 return c
 
@@ -162,7 +164,7 @@ def run(seconds: float = 1.0, out_dir: Path | None = None) -> dict:
         torch.manual_seed(0)
         model, source = build_model(ModelConfig(kind="vae")).eval(), "untrained full-size VAE"
     z_dim = model.config.z_dim
-    rows = []
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-decoder-") as tmp:
         forms = {
             EXPORTED: model.decoder,

@@ -20,6 +20,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.common import CACHE, model_dir, service_server, warn_if_busy, write_result
 from bench.http_load import cases
@@ -55,7 +56,7 @@ def run(requests: int = 10_000, out_dir: Path | None = None, timeout_s: float = 
     models, models_note = model_dir()
     logs = CACHE / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    rounds = []
+    rounds: list[dict[str, Any]] = []
     with service_server(models, log=logs / "memory.log") as server:
         cold, cold_pss = server.rss_mb(), server.pss_mb()
         cold_split = per_process(server.pid)

@@ -28,6 +28,7 @@ import time
 import zlib
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -93,12 +94,12 @@ def bomb(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0"))
 
 
-def traffic() -> list[tuple[str, str, dict, str]]:
+def traffic() -> list[tuple[str, str, dict[str, Any], str]]:
     """(method, path, httpx kwargs, kind) — kind 'good' or 'bad'."""
     seven, photo = digit(), digit(300, dark_on_light=True)
     noise = png(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
     raw = {"headers": {"content-type": "image/png"}}
-    good = [
+    good: list[tuple[str, str, dict[str, Any]]] = [
         ("GET", "/sample?n=16&seed=1", {}),
         ("GET", "/sample?n=4&model=ae&format=json", {}),
         ("POST", "/encode", {"files": {"file": ("7.png", seven)}}),
@@ -110,7 +111,7 @@ def traffic() -> list[tuple[str, str, dict, str]]:
         ("GET", "/models", {}),
         ("GET", "/healthz", {}),
     ]
-    bad = [
+    bad: list[tuple[str, str, dict[str, Any]]] = [
         ("POST", "/encode", {"content": seven[:60], **raw}),  # truncated: 400
         ("POST", "/encode", {"content": b"<svg xmlns='http://www.w3.org/2000/svg'/>", **raw}),
         ("POST", "/encode", {"files": {"file": ("n.png", noise[:300])}}),  # 400

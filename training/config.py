@@ -8,7 +8,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 ModelKind = Literal["vae", "ae"]
 Likelihood = Literal["mse", "bce"]
@@ -38,7 +38,8 @@ class ModelConfig:
     batch_norm_momentum: float = 0.01
 
     def __post_init__(self) -> None:
-        self.input_shape = tuple(self.input_shape)  # JSON round trips give a list
+        # JSON round trips give a list (the length is not checked here).
+        self.input_shape = cast(tuple[int, int, int], tuple(self.input_shape))
         if self.kind not in ("vae", "ae"):
             raise ValueError(f"kind must be 'vae' or 'ae', not {self.kind!r}")
         if self.z_dim < 1:

@@ -15,6 +15,8 @@ import torch
 from PIL import Image
 from scipy.stats import norm
 
+from training.model import Autoencoder, VariationalAutoencoder
+
 # A decoder as a plain function, z (N, z_dim) -> images (N, 1, H, W) in [0, 1], so figures can
 # be drawn from the PyTorch model or from the exported ONNX graph alike.
 Decode = Callable[[np.ndarray], np.ndarray]
@@ -35,16 +37,20 @@ def tile(images: np.ndarray, columns: int, gap: int = 2) -> np.ndarray:
 
 def save_grid(images: np.ndarray, path: Path, columns: int, scale: int = 2) -> None:
     grid = Image.fromarray(tile(images, columns))
-    grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST).save(path)
+    grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST).save(path)
 
 
-def _mean_latent(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _mean_latent(model: Autoencoder | VariationalAutoencoder, x: torch.Tensor) -> torch.Tensor:
     return model.encode_mean(x)
 
 
 @torch.no_grad()
 def save_progress_figures(
-    model: torch.nn.Module, val_images, fixed_z: torch.Tensor, out_dir: Path, epoch: int
+    model: Autoencoder | VariationalAutoencoder,
+    val_images,
+    fixed_z: torch.Tensor,
+    out_dir: Path,
+    epoch: int,
 ) -> None:
     """The book's training callback: samples from fixed z and reconstructions, every few epochs."""
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from training.config import DEVICES, ModelConfig, TrainConfig
 from training.data import DataError, Digits, load_training_data, split_train_val
 from training.losses import kl_divergence, per_image_mse, reconstruction_term
-from training.model import build_model
+from training.model import Autoencoder, VariationalAutoencoder, build_model
 
 CHECKPOINT = "checkpoint.pt"
 # The weights of the epoch with the lowest validation loss (early stopping without stopping).
@@ -216,7 +216,9 @@ def augment(x: torch.Tensor, config: TrainConfig, generator: torch.Generator) ->
 
 
 @torch.no_grad()
-def evaluate_loss(model: torch.nn.Module, digits: Digits, config: TrainConfig) -> dict[str, float]:
+def evaluate_loss(
+    model: Autoencoder | VariationalAutoencoder, digits: Digits, config: TrainConfig
+) -> dict[str, float]:
     """Loss parts over a whole set, in eval mode; the VAE decodes mu for the MSE."""
     model.eval()
     device = next(model.parameters()).device
@@ -343,7 +345,7 @@ def best_epoch(metrics_path: Path) -> tuple[float, int]:
 
 def load_trained_model(
     run_dir: Path, checkpoint_name: str = CHECKPOINT
-) -> tuple[torch.nn.Module, TrainConfig, int]:
+) -> tuple[Autoencoder | VariationalAutoencoder, TrainConfig, int]:
     """A run folder's model (last or best checkpoint), in eval mode, with its config and epochs."""
     checkpoint = load_checkpoint(run_dir, checkpoint_name)
     config = TrainConfig.from_dict(checkpoint["config"])
