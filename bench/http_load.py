@@ -33,6 +33,9 @@ from bench.loadgen import LoadResult, Request, multipart, run_wrk
 CONCURRENCY = (1, 8, 32)
 SAMPLE_N = 16
 BATCH = 64
+ENDS = b'{"start": [-1.5, 0.5], "end": [1.0, -1.0]}'
+# Images in or out per request, where a case's name does not say (BENCHMARKS.md's table).
+IMAGES = {"interpolate": 10, "interpolate_slerp_json": 10, "manifold": 400, "score_batch16_ae": 16}
 
 
 def cases() -> dict[str, Request]:
@@ -46,6 +49,19 @@ def cases() -> dict[str, Request]:
         "encode": Request("/encode", "POST", one, one_type),
         "encode_batch64": Request("/encode/batch", "POST", many, many_type),
         "reconstruct": Request("/reconstruct", "POST", one, one_type),
+        # the analysis routes (service/api/latent_ops.py, scores.py)
+        "interpolate": Request("/interpolate?steps=10", "POST", ENDS, "application/json"),
+        "interpolate_slerp_json": Request(
+            "/interpolate?steps=10&method=slerp&format=json", "POST", ENDS, "application/json"
+        ),
+        "manifold": Request("/manifold"),
+        "score": Request("/score", "POST", one, one_type),
+        "score_ae": Request("/score?model=ae", "POST", one, one_type),
+        "score_batch16_ae": Request(
+            "/score/batch?model=ae",
+            "POST",
+            *multipart([(f"d{i}.png", p) for i, p in enumerate(pngs[:16])], "files"),
+        ),
     }
 
 
@@ -56,6 +72,13 @@ DESCRIPTIONS = {
     "encode": "POST /encode (one 28x28 PNG, multipart)",
     "encode_batch64": f"POST /encode/batch ({BATCH} PNGs, multipart)",
     "reconstruct": "POST /reconstruct (one 28x28 PNG, multipart; PNG out)",
+    "interpolate": "POST /interpolate?steps=10 (two z as JSON; one PNG strip)",
+    "interpolate_slerp_json": "POST /interpolate?steps=10&method=slerp&format=json",
+    "manifold": "GET /manifold (20x20 grid at normal quantiles, one PNG; after the first, from "
+    "the process's cache)",
+    "score": "POST /score (one 28x28 PNG; VAE, default k: ELBO, IWAE log p(x), error map)",
+    "score_ae": "POST /score?model=ae (one 28x28 PNG; reconstruction error only)",
+    "score_batch16_ae": "POST /score/batch?model=ae (16 PNGs; a VAE batch costs about n x /score)",
     "baseline_sample_png": f"baseline (eager PyTorch) GET /sample?n={SAMPLE_N}",
 }
 

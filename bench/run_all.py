@@ -318,8 +318,8 @@ def markdown(run_data: dict, command: str) -> str:
     # HTTP
     rows = []
     for x in h["results"]:
-        images = x["rps"] * (
-            SAMPLE_N if "sample" in x["name"] else 64 if "batch64" in x["name"] else 1
+        images = x["rps"] * http_load.IMAGES.get(
+            x["name"], SAMPLE_N if "sample" in x["name"] else 64 if "batch64" in x["name"] else 1
         )
         rows.append(
             [

@@ -168,3 +168,116 @@ QUERY_VALUE = st.one_of(
 def test_random_sample_queries_are_never_a_5xx(client, n, scale, temperature, seed) -> None:
     params = {"n": n, "scale": scale, "temperature": temperature, "seed": seed}
     assert_not_5xx(client.get("/sample", params=params))
+
+
+# --- the analysis routes: /interpolate, /manifold, /score -------------------------------
+
+
+@SETTINGS
+@given(body=JSON, steps=QUERY_VALUE, method=st.sampled_from(["linear", "slerp", "x", ""]))
+def test_random_json_for_interpolate_is_never_a_5xx(client, body, steps, method) -> None:
+    import json
+
+    for payload in (body, {"start": body, "end": [0.0, 0.0]}):
+        r = client.post(
+            "/interpolate",
+            params={"steps": steps, "method": method},
+            content=json.dumps(payload, allow_nan=True),
+            headers={"content-type": "application/json"},
+        )
+        assert_not_5xx(r)
+
+
+@SETTINGS
+@given(
+    start=st.lists(LATENT, min_size=2, max_size=2),
+    end=st.lists(LATENT, min_size=2, max_size=2),
+    steps=st.integers(2, 64),
+    method=st.sampled_from(["linear", "slerp"]),
+)
+def test_valid_interpolations_always_answer(client, start, end, steps, method) -> None:
+    """Any two finite vectors (zero, parallel, antiparallel, huge): a path of `steps` finite
+    points from exactly start to exactly end."""
+    r = client.post(
+        "/interpolate",
+        params={"steps": steps, "method": method, "format": "json"},
+        json={"start": start, "end": end},
+    )
+    assert r.status_code == 200, r.text[:300]
+    z = np.asarray(r.json()["z"])
+    assert z.shape == (steps, 2) and np.isfinite(z).all()
+    assert (
+        z[0].tolist() == np.float32(start).tolist() and z[-1].tolist() == np.float32(end).tolist()
+    )
+
+
+@SETTINGS
+@given(
+    n=QUERY_VALUE,
+    p_min=QUERY_VALUE,
+    p_max=QUERY_VALUE,
+    dims=QUERY_VALUE,
+    base=QUERY_VALUE,
+    scale=QUERY_VALUE,
+)
+def test_random_manifold_queries_are_never_a_5xx(client, n, p_min, p_max, dims, base, scale):
+    params = {"n": n, "p_min": p_min, "p_max": p_max, "dims": dims, "base": base, "scale": scale}
+    assert_not_5xx(client.get("/manifold", params=params))
+
+
+@SETTINGS
+@given(
+    p_min=st.floats(1e-300, 0.5, allow_nan=False),
+    width=st.floats(1e-12, 0.5, allow_nan=False),
+    n=st.integers(2, 6),
+)
+def test_valid_manifold_ranges_always_answer(client, p_min, width, n) -> None:
+    p_max = min(p_min + width, 1 - 1e-16)
+    r = client.get("/manifold", params={"n": n, "p_min": p_min, "p_max": p_max})
+    assert r.status_code in (200, 422), r.text[:300]  # 422 only if p_max rounds to p_min
+    if r.status_code == 422:
+        assert r.json()["detail"][0]["loc"] == ["query", "p_max"]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@settings(
+    derandomize=True,
+    deadline=None,
+    max_examples=40,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    database=None,
+)
+@given(
+    prefix=st.sampled_from(SIGNATURES),
+    tail=st.binary(max_size=2048),
+    k=QUERY_VALUE,
+    seed=QUERY_VALUE,
+    model=st.sampled_from(["vae", "ae"]),
+)
+def test_random_score_requests_are_never_a_5xx(client, prefix, tail, k, seed, model) -> None:
+    data = prefix + tail
+    params = {"k": k, "seed": seed, "model": model}
+    assert_not_5xx(client.post("/score", params=params, files={"file": ("x", data)}))
+    assert_not_5xx(
+        client.post("/interpolate", params={"model": model}, files={"start": data, "end": data})
+    )
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@settings(
+    derandomize=True,
+    deadline=None,
+    max_examples=30,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    database=None,
+)
+@given(image=images(), k=st.integers(1, 64))
+def test_valid_images_always_get_a_finite_score(client, image, k) -> None:
+    data, fmt, mode = image
+    r = client.post(
+        "/score", params={"preprocess": "none", "k": k, "seed": 0}, files={"file": ("i", data)}
+    )
+    assert r.status_code == 200, (fmt, mode, r.text[:300])
+    body = r.json()
+    for key in ("mse", "log_px", "elbo", "kl", "reconstruction_log_likelihood", "bits_per_dim"):
+        assert math.isfinite(body[key]), (key, body[key])

@@ -49,6 +49,10 @@ def test_every_endpoint_is_in_the_schema() -> None:
         ("POST", "/decode"),
         ("GET", "/sample"),
         ("POST", "/reconstruct"),
+        ("POST", "/interpolate"),
+        ("GET", "/manifold"),
+        ("POST", "/score"),
+        ("POST", "/score/batch"),
         ("GET", "/models/{name}/figures/{file}"),
         ("GET", "/readyz"),
     ]:

@@ -1,7 +1,9 @@
 """`vae-evaluate`: judge an exported model folder the way the book's notebooks do.
 
 Runs the exported ONNX graphs (what the service ships), not the PyTorch weights, on a held-out
-set: reconstruction MSE, KL, latent statistics; sample quality read by a digit classifier; and
+set: reconstruction MSE, KL, latent statistics; how well the latent space separates the digits
+(`latent_knn5_accuracy`: a 5-nearest-neighbour classifier on the test encodings, fit on half
+of the test set and scored on the other half); sample quality read by a digit classifier; and
 the figures. Results go to `evaluation.json` and into `metadata.json`.
 """
 
@@ -16,12 +18,56 @@ from pathlib import Path
 
 import numpy as np
 
-from training.classifier import JUDGE_EPOCHS
+from training.classifier import judge_epochs
 from training.config import TrainConfig
 from training.data import Digits, load_mnist_dir, load_training_data, split_train_val
 from training.export import read_metadata, write_metadata
 
 CONFIDENCE = 0.9
+KNN_NEIGHBOURS = 5
+# The kNN score's split of the test encodings: a fixed permutation, whatever --seed says.
+KNN_SPLIT_SEED = 0
+
+
+def knn_accuracy(
+    z: np.ndarray, labels: np.ndarray, k: int = KNN_NEIGHBOURS, seed: int = KNN_SPLIT_SEED
+) -> float:
+    """Accuracy of an exact k-nearest-neighbour classifier (Euclidean) on encodings `z`.
+
+    The points are split by one fixed permutation (numpy default_rng(seed).permutation): its
+    first n // 2 points are the reference set, the other n - n // 2 are classified by majority
+    vote of their k nearest references and scored against `labels`. Deterministic throughout:
+    distances in float64, neighbours at equal distance taken in reference order (stable sort),
+    and a tied vote goes to the label of the nearest neighbour among the tied labels.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    labels = np.asarray(labels)
+    if z.ndim != 2 or len(z) != len(labels):
+        raise ValueError(f"expected (N, d) encodings and N labels, got {z.shape}, {labels.shape}")
+    n = len(z)
+    if n // 2 < k:
+        raise ValueError(f"{n} points: a {k}-NN score needs at least {2 * k}")
+    order = np.random.default_rng(seed).permutation(n)
+    reference, queries = z[order[: n // 2]], z[order[n // 2 :]]
+    classes, codes = np.unique(labels[order[: n // 2]], return_inverse=True)
+    truth = labels[order[n // 2 :]]
+    # Query rows per chunk: the (rows, references, d) differences stay around 32 MB.
+    rows = max(1, 2**22 // (len(reference) * z.shape[1] or 1))
+    correct = 0
+    for start in range(0, len(queries), rows):
+        q = queries[start : start + rows]
+        distances = ((q[:, None, :] - reference[None, :, :]) ** 2).sum(axis=2)
+        nearest = codes[np.argsort(distances, axis=1, kind="stable")[:, :k]]  # (rows, k)
+        index = np.arange(len(q))[:, None]
+        votes = np.zeros((len(q), len(classes)), dtype=np.int64)
+        np.add.at(votes, (index, nearest), 1)
+        first = np.full((len(q), len(classes)), k)  # each label's nearest rank among the k
+        for rank in range(k - 1, -1, -1):
+            first[index[:, 0], nearest[:, rank]] = rank
+        # Votes first; between equal votes the lower first rank (k + 1 > any rank gap).
+        predicted = classes[np.argmax(votes * (k + 1) - first, axis=1)]
+        correct += int((predicted == truth[start : start + rows]).sum())
+    return correct / len(queries)
 
 
 class OnnxModel:
@@ -67,14 +113,19 @@ def held_out_set(config: TrainConfig, data_dir: str | None) -> Digits:
 def evaluate(
     model_dir: Path,
     data_dir: str | None,
-    classifier_epochs: int = JUDGE_EPOCHS,
+    classifier_epochs: int | None = None,
     samples: int = 10_000,
     seed: int = 0,
     figures: bool = True,
     progress: bool = True,
     judge_cache: Path | None = None,
+    likelihood: bool = True,
+    likelihood_options: dict | None = None,
 ) -> dict:
-    """Evaluate `model_dir`; returns the evaluation dict (also written to the folder)."""
+    """Evaluate `model_dir`; returns the evaluation dict (also written to the folder).
+
+    `classifier_epochs` None: judge_epochs() of the training set (40 on the default 4,500
+    images, proportionally fewer on more)."""
     from training.classifier import load_or_train_classifier, predict, sample_quality
 
     started = time.perf_counter()
@@ -93,18 +144,28 @@ def evaluate(
         "reconstruction_mse_per_pixel": mse,
         "latent_mean": z_mean.mean(0).round(4).tolist(),
         "latent_std": z_mean.std(0).round(4).tolist(),
+        f"latent_knn{KNN_NEIGHBOURS}_accuracy": knn_accuracy(z_mean, test.labels),
     }
     if model.kind == "vae":
         mu, log_var = encoded["mu"], encoded["log_var"]
         kl = -0.5 * np.sum(1 + log_var - mu**2 - np.exp(log_var), axis=1)
         result["kl_per_image"] = float(kl.mean())
 
+    epochs_given = classifier_epochs is not None
+    if classifier_epochs is None:
+        classifier_epochs = judge_epochs(len(train))
+    print(
+        f"judge: {classifier_epochs} epochs on {len(train):,} images"
+        + ("" if epochs_given else " (scaled to the training set)"),
+        file=sys.stderr,
+    )
     classifier = load_or_train_classifier(
         train, classifier_epochs, seed, judge_cache, progress=progress
     )
     test_probs, test_features = predict(classifier, test.images)
     result["classifier"] = {
         "trained_on": train.source,
+        "train_images": len(train),
         "epochs": classifier_epochs,
         "test_accuracy": float((test_probs.argmax(1) == test.labels).mean()),
         # The same confidence bar applied to real test digits: the ceiling for samples.
@@ -119,6 +180,12 @@ def evaluate(
         box_z = rng.uniform(low, high, (samples, model.z_dim)).astype(np.float32)
         result["samples_box"] = sample_quality(classifier, model.decode(box_z), test_features)
         result["samples_box"]["box"] = [low.round(3).tolist(), high.round(3).tolist()]
+    if likelihood:  # log p(x), typicality, OOD sets: training/ood.py
+        from training.ood import evaluate_likelihood
+
+        result["likelihood"] = evaluate_likelihood(
+            model_dir, test.images, seed, progress, **(likelihood_options or {})
+        )
     result["seconds"] = round(time.perf_counter() - started, 1)
 
     if figures:
@@ -169,9 +236,11 @@ def draw_figures(
 
 def summary_line(name: str, result: dict) -> str:
     samples = result["samples_normal"]
+    knn = result.get(f"latent_knn{KNN_NEIGHBOURS}_accuracy")  # None in evaluations before it
     line = (
         f"{name}: MSE/pixel {result['reconstruction_mse_per_pixel']:.4f}"
         + (f", KL {result['kl_per_image']:.2f}" if "kl_per_image" in result else "")
+        + (f"; latent {KNN_NEIGHBOURS}-NN accuracy {knn:.1%}" if knn is not None else "")
         + f"; N(0,I) samples: {samples['confident_share']:.1%} confident, "
         f"class entropy {samples['class_entropy']:.3f}, "
         f"smallest class {samples['min_class_share']:.1%}, FD {samples['frechet_distance']:.1f}"
@@ -204,7 +273,11 @@ def main(argv: list[str] | None = None) -> int:
         "validation split",
     )
     p.add_argument(
-        "--classifier-epochs", type=int, default=JUDGE_EPOCHS, help="epochs of the judge"
+        "--classifier-epochs",
+        type=int,
+        default=None,
+        help="epochs of the judge (default: 40 on up to 4,500 training images, proportionally "
+        "fewer on more, at least 4: 4 on MNIST's 55,000)",
     )
     p.add_argument("--samples", type=int, default=10_000, help="random latent points to judge")
     p.add_argument("--seed", type=int, default=0, help="seed for the judge and the samples")
@@ -224,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         "threads made training the judge ~7x slower here)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from training import ood
+
+    ood.add_arguments(p)
     args = p.parse_args(argv)
     from training.data import DataError
 
@@ -242,11 +318,15 @@ def main(argv: list[str] | None = None) -> int:
             figures=not args.no_figures,
             progress=not args.no_progress,
             judge_cache=None if args.no_judge_cache else args.judge_cache,
+            likelihood=not args.no_ood,
+            likelihood_options=ood.options(args),
         )
     except (DataError, FileNotFoundError) as exc:
         print(f"vae-evaluate: {exc}", file=sys.stderr)
         return 2
     print(summary_line(args.model_dir.name, result))
+    if "likelihood" in result:
+        print(result["likelihood"]["table"])
     return 0
 
 

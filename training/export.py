@@ -21,6 +21,7 @@ import tempfile
 import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from service.inference.format import FORMAT, ModelMetadata, parse_metadata
 from service.inference.format import read_metadata as _read_checked
 from service.inference.format import write_metadata as _write_checked
 from training.config import TrainConfig
+from training.model import Autoencoder, Decoder, VariationalAutoencoder
 
 ENCODER_FILE, DECODER_FILE = "encoder.onnx", "decoder.onnx"
 LATENT_POINTS_FILE = "latent_points.json"
@@ -50,16 +52,16 @@ class ParityError(RuntimeError):
 
 
 class _EncoderGraph(nn.Module):
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: Autoencoder | VariationalAutoencoder):
         super().__init__()
-        self.model = model
+        self.model: Autoencoder | VariationalAutoencoder = model
 
     def forward(self, image: torch.Tensor):
         return self.model.encode(image)
 
 
 class _DecoderGraph(nn.Module):
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: Autoencoder | VariationalAutoencoder):
         super().__init__()
         self.decoder = conv_form_decoder(model.decoder)
 
@@ -72,6 +74,7 @@ def as_conv(layer: nn.ConvTranspose2d) -> nn.Conv2d:
     flipped, in and out channels swapped, padding k - 1 - p."""
     assert layer.stride == (1, 1) and layer.dilation == (1, 1) and layer.groups == 1
     assert layer.output_padding == (0, 0)
+    assert isinstance(layer.padding, tuple)  # only Conv*d (not ConvTranspose*d) take a str
     (kh, kw), (ph, pw) = layer.kernel_size, layer.padding
     conv = nn.Conv2d(
         layer.in_channels,
@@ -83,11 +86,12 @@ def as_conv(layer: nn.ConvTranspose2d) -> nn.Conv2d:
     with torch.no_grad():
         conv.weight.copy_(layer.weight.transpose(0, 1).flip(2, 3))
         if layer.bias is not None:
+            assert conv.bias is not None  # made with bias=True just above
             conv.bias.copy_(layer.bias)
     return conv
 
 
-def conv_form_decoder(decoder: nn.Module) -> nn.Module:
+def conv_form_decoder(decoder: Decoder) -> Decoder:
     """A copy of `decoder` for export, its stride-1 transposed convolutions written as Conv.
 
     Same function (checked by the export's parity test), faster graph: onnxruntime runs Conv
@@ -145,7 +149,7 @@ def _export_graph(
 
 
 def check_parity(
-    model: nn.Module,
+    model: Autoencoder | VariationalAutoencoder,
     encoder_path: Path,
     decoder_path: Path,
     images: np.ndarray,
@@ -160,8 +164,8 @@ def check_parity(
     with torch.no_grad():
         for batch in (images[:1], images):
             x = torch.from_numpy(batch)
-            expected = model.encode(x)
-            expected = expected if isinstance(expected, tuple) else (expected,)
+            encoded = model.encode(x)
+            expected = encoded if isinstance(encoded, tuple) else (encoded,)
             got = encoder.run(None, {"image": batch})
             for e, g in zip(expected, got, strict=True):
                 worst = max(worst, float(np.abs(e.numpy() - g).max()))
@@ -174,7 +178,7 @@ def check_parity(
 
 
 def export_model(
-    model: nn.Module,
+    model: Autoencoder | VariationalAutoencoder,
     config: TrainConfig,
     out_dir: Path,
     parity_images: np.ndarray,
@@ -213,7 +217,7 @@ def export_model(
     # The version names both graphs: a re-export that changes either one gets a new version.
     graphs_sha = hashlib.sha256(f"{encoder_sha}{decoder_sha}".encode()).hexdigest()
     now = dt.datetime.now(dt.UTC)
-    fields = {
+    fields: dict[str, Any] = {
         "format": FORMAT,
         "name": name or out_dir.name,
         "kind": kind,
@@ -298,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         "epochs_trained": len(metrics),
         "checkpoint": args.checkpoint,
         "seconds": round(sum(m["seconds"] for m in metrics), 1),
+        # Where it trained (epochs from before vae-train recorded it all ran on the CPU).
+        "device": ", ".join(sorted({m.get("device", "cpu") for m in metrics})) or None,
+        "processes": max((m.get("processes", 1) for m in metrics), default=None),
         # The metrics of the exported epoch (the best one need not be the last).
         "final_metrics": metrics[epochs - 1] if len(metrics) >= epochs else {},
     }
@@ -328,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         metadata.figures = ["training_curves.png"]
         write_metadata(args.out, metadata)
+    # The held-out reference of POST /score's typicality verdict (training/typicality.py).
+    from training.typicality import add_typicality
+
+    add_typicality(args.out, val_set.images, val_set.source)
     print(
         f"exported {metadata.kind} {metadata.version} to {args.out} "
         f"(parity max |diff| {metadata.parity_max_abs_diff:.1e})"

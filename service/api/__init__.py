@@ -6,13 +6,16 @@ request bodies (schemas), uploads, scheduling, middleware and metrics.
     metadata.py   GET /models, /models/{name}[/latent-points|/figures/{file}]
     probes.py     GET /healthz, /readyz, /metrics
     page.py       GET / (the explorer) and /static
+    latent_ops.py POST /interpolate, GET /manifold
+    scores.py     POST /score, /score/batch
+    oip/          the Open Inference Protocol (KServe V2 / Triton) under /v2
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api import encoding, images, metadata, page, probes
+from service.api import encoding, images, latent_ops, metadata, oip, page, probes, scores
 from service.process.settings import Settings
 
 
@@ -21,7 +24,10 @@ def routers(settings: Settings) -> list[APIRouter]:
     return [
         encoding.router(settings),
         images.router(settings),
+        latent_ops.router(settings),
+        scores.router(settings),
         metadata.router(),
         page.router(),
         probes.router(),
+        oip.router(settings),
     ]

@@ -14,6 +14,7 @@ the figures it lists. No torch here: training imports this module, never the rev
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
@@ -108,6 +109,62 @@ class DecoderSpec(BaseModel):
     output: TensorName = Field(description="output tensor name, (N, C, H, W) float32")
 
 
+class Typicality(BaseModel):
+    """How typical an image is for this model: its score against held-out images' scores
+    (written at export by training/typicality.py, read by POST /score)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    score: Literal["log_px_and_kl", "iwae_log_px", "neg_mse"] = Field(
+        description="log_px_and_kl (VAE): the lower of two percentiles among the held-out "
+        "images, of the importance-weighted log p(x) with `k` posterior samples and of the "
+        "KL(q(z|x) || p(z)) (`components` holds their held-out quantiles); iwae_log_px: that "
+        "log p(x) alone, in nats; neg_mse: minus the per-pixel MSE of the reconstruction "
+        "(plain AE: reconstruction error only). Higher is more typical"
+    )
+    k: Annotated[StrictInt, Field(ge=1)] | None = Field(
+        None, description="posterior samples per image (iwae_log_px)"
+    )
+    seed: StrictInt | None = Field(None, description="seed of the held-out scores' samples")
+    held_out: str = Field(description="which images the reference scores are of")
+    count: Annotated[StrictInt, Field(ge=2)] = Field(description="how many held-out images")
+    quantiles: list[float] = Field(
+        min_length=2,
+        description="sorted held-out scores at evenly spaced probabilities 0..1 (the "
+        "percentile of a new score is read off them)",
+    )
+    components: dict[str, list[float]] | None = Field(
+        None,
+        description="a combined score's parts (log_px_and_kl: iwae_log_px and kl): each one's "
+        "held-out quantiles at evenly spaced probabilities, for its percentile",
+    )
+    threshold: float = Field(description="typical: score >= threshold")
+    threshold_quantile: float = Field(
+        gt=0, lt=1, description="the share of held-out images below the threshold"
+    )
+    how_chosen: str = Field(description="how the score and the threshold were chosen")
+
+    @model_validator(mode="after")
+    def _check(self) -> Typicality:
+        if not math.isfinite(self.threshold):
+            raise ValueError("threshold must be finite")
+        series = {"quantiles": self.quantiles, **(self.components or {})}
+        for name, values in series.items():
+            if len(values) < 2 or not all(math.isfinite(v) for v in values):
+                raise ValueError(f"{name}: at least two finite quantiles")
+            if any(b < a for a, b in itertools.pairwise(values)):
+                raise ValueError(f"{name}: quantiles must be sorted (non-decreasing)")
+        if self.score in ("iwae_log_px", "log_px_and_kl") and self.k is None:
+            raise ValueError(f"score {self.score!r} needs k")
+        wanted = {"iwae_log_px", "kl"} if self.score == "log_px_and_kl" else None
+        if set(self.components or ()) != (wanted or set()):
+            raise ValueError(
+                f"score {self.score!r} needs components {sorted(wanted or [])}, got "
+                f"{sorted(self.components or [])}"
+            )
+        return self
+
+
 class ModelMetadata(BaseModel):
     """A model folder's metadata.json (format `vae-service-model/1`).
 
@@ -139,6 +196,12 @@ class ModelMetadata(BaseModel):
     )
     figures: list[FileName] = Field(
         default_factory=list, description="figure files served at /models/{name}/figures/"
+    )
+    # Left out when absent (written files, /models), so folders from before it round-trip.
+    typicality: Typicality | None = Field(
+        None,
+        description="held-out scores for POST /score's typicality verdict (optional)",
+        exclude_if=lambda value: value is None,
     )
 
     @model_validator(mode="after")

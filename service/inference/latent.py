@@ -1,0 +1,117 @@
+"""Paths and grids in latent space (numpy only): interpolation and the book's manifold.
+
+    path, note = interpolate(start, end, steps=10, method="slerp")   # (steps, z_dim)
+    grid, axis = manifold_grid(z_dim=2, n=20)                         # (n, n, z_dim)
+
+Interpolation runs in float64 and returns float32 rows whose first and last are exactly
+`start` and `end`, so the path decodes to exactly decode(start) ... decode(end).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from service.inference.normal import norm_ppf
+
+Method = Literal["linear", "slerp"]
+# Below this norm a vector has no direction to rotate from.
+MIN_NORM = 1e-6
+# |sin| of the angle between the two directions below which they count as (anti)parallel:
+# the great circle through them is then undefined (antiparallel) or the straight line anyway.
+MIN_SIN = 1e-4
+
+
+def steps_t(steps: int) -> np.ndarray:
+    """The interpolation parameter: `steps` evenly spaced values from 0 to 1."""
+    return np.linspace(0.0, 1.0, steps)
+
+
+def lerp(start: np.ndarray, end: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """(1 - t) start + t end, one row per t."""
+    a, b = np.asarray(start, np.float64), np.asarray(end, np.float64)
+    return np.asarray((1.0 - t)[:, None] * a + t[:, None] * b)
+
+
+def slerp_fallback(start: np.ndarray, end: np.ndarray) -> str | None:
+    """Why a spherical path cannot be drawn between these vectors (None if it can)."""
+    a, b = np.asarray(start, np.float64), np.asarray(end, np.float64)
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na < MIN_NORM or nb < MIN_NORM:
+        which = "start" if na < MIN_NORM else "end"
+        return f"slerp fell back to linear: {which} is (near) zero, so it has no direction"
+    cos = float(np.clip(a @ b / (na * nb), -1.0, 1.0))
+    if np.sqrt(max(0.0, 1.0 - cos * cos)) < MIN_SIN:
+        how = "parallel" if cos > 0 else "antiparallel"
+        return (
+            f"slerp fell back to linear: start and end are {how}, so no single great circle "
+            "joins their directions"
+        )
+    return None
+
+
+def slerp(start: np.ndarray, end: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Spherical interpolation: the direction moves along the great circle from start's to
+    end's at constant angular speed, and the norm goes linearly from |start| to |end|.
+
+    So two endpoints at the typical radius of N(0, I) (about sqrt(z_dim)) keep the whole path
+    there, where a straight line would cut inside the sphere. Call `slerp_fallback` first:
+    this assumes the two vectors are neither (near) zero nor (anti)parallel."""
+    a, b = np.asarray(start, np.float64), np.asarray(end, np.float64)
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    ua, ub = a / na, b / nb
+    omega = np.arccos(np.clip(ua @ ub, -1.0, 1.0))
+    sin = np.sin(omega)
+    direction = (np.sin((1.0 - t) * omega)[:, None] * ua + np.sin(t * omega)[:, None] * ub) / sin
+    radius = (1.0 - t) * na + t * nb
+    return np.asarray(radius[:, None] * direction)
+
+
+def interpolate(
+    start: np.ndarray, end: np.ndarray, steps: int, method: Method
+) -> tuple[np.ndarray, Method, str | None]:
+    """`steps` points from start to end -> (path (steps, z_dim) float32, the method used, a
+    note when slerp had to fall back to linear). Row 0 is start and row -1 end, exactly."""
+    start = np.asarray(start, np.float32)
+    end = np.asarray(end, np.float32)
+    t = steps_t(steps)
+    note = None
+    used: Method = method
+    if method == "slerp":
+        note = slerp_fallback(start, end)
+        if note is not None:
+            used = "linear"
+    path = slerp(start, end, t) if used == "slerp" else lerp(start, end, t)
+    out = path.astype(np.float32)
+    out[0], out[-1] = start, end
+    return out, used, note
+
+
+def quantile_axis(n: int, p_min: float, p_max: float) -> np.ndarray:
+    """z = Phi^-1(p) at n evenly spaced probabilities from p_min to p_max (float64)."""
+    return norm_ppf(np.linspace(p_min, p_max, n))
+
+
+def manifold_grid(
+    z_dim: int,
+    n: int,
+    p_min: float = 0.05,
+    p_max: float = 0.95,
+    dims: tuple[int, int] = (0, 1),
+    base: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The book's manifold: an n x n grid of latent vectors -> (grid (n, n, z_dim) float32,
+    axis (n,) float64).
+
+    Row r, column c holds z[dims[0]] = axis[c] (left to right, increasing) and z[dims[1]] =
+    axis[n - 1 - r] (top to bottom, decreasing: the top row has the largest value, as in the
+    book's figure); every other dimension is `base`'s (zeros by default)."""
+    axis = quantile_axis(n, p_min, p_max)
+    i, j = dims
+    grid = np.zeros((n, n, z_dim), np.float64)
+    if base is not None:
+        grid[:] = np.asarray(base, np.float64)
+    grid[:, :, i] = axis[None, :]
+    grid[:, :, j] = axis[::-1, None]
+    return grid.astype(np.float32), axis
