@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import shutil
 import struct
 import subprocess
@@ -34,17 +33,8 @@ MAX_BODY = 65536
 HEADER = "Inference-Header-Content-Length"
 
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] (dev extra)")
+from test_service_server import start  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
-
-
-def start(model_dir: Path, port: int, log, **env: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO,
-        env={**os.environ, "VAE_MODEL_DIR": str(model_dir), "VAE_WORKERS": "1", **env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
 
 
 @pytest.fixture(scope="module")
