@@ -12,11 +12,11 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
+from test_deploy import dockerfile_instructions
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements" / "serve.lock"
 LOCK_IN_REPO = "requirements/serve.lock"
-DOCKERFILE = ROOT / "Dockerfile"
 HASH = re.compile(r"--hash=sha256:[0-9a-f]{64}")
 # The image's interpreter and the machines the lock is resolved for (make lock).
 ENVIRONMENTS = [
@@ -112,16 +112,6 @@ def test_lock_holds_the_serving_set_only():
         assert name not in found, name
     for requirement in serving_requirements():
         assert not requirement.extras, f"{requirement}: name the extras' packages instead"
-
-
-def dockerfile_instructions() -> list[tuple[str, str]]:
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
-    lines = [line.strip() for line in text.splitlines()]
-    return [
-        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
-        for line in lines
-        if line and not line.startswith("#")
-    ]
 
 
 def test_dockerfile_installs_from_the_lock_only():

@@ -97,17 +97,12 @@ class OnnxModel:
             [self._model.decode_batch(z[i : i + self.CHUNK]) for i in range(0, len(z), self.CHUNK)]
         )
 
-    def mean_latent(self, images: np.ndarray) -> np.ndarray:
-        encoded = self.encode(images)
-        return encoded["mu"] if self.kind == "vae" else encoded["z"]
 
-
-def held_out_set(config: TrainConfig, data_dir: str | None) -> Digits:
-    """The test split of `data_dir` if given, else the run's own validation split."""
-    if data_dir is not None:
-        return load_mnist_dir(data_dir, "test")
-    _, val = split_train_val(load_training_data(config.data_dir, config.limit), config.held_out)
-    return val
+def evaluation_sets(config: TrainConfig, data_dir: str | None) -> tuple[Digits, Digits]:
+    """(the run's training split, the images to evaluate on): the test split of `data_dir` if
+    given, else the run's own validation split. The run's data is read once."""
+    train, val = split_train_val(load_training_data(config.data_dir, config.limit), config.held_out)
+    return train, (load_mnist_dir(data_dir, "test") if data_dir is not None else val)
 
 
 def evaluate(
@@ -131,11 +126,10 @@ def evaluate(
     started = time.perf_counter()
     model = OnnxModel(model_dir)
     config = TrainConfig.from_dict((model.metadata.training or {})["config"])
-    test = held_out_set(config, data_dir)
-    train, _ = split_train_val(load_training_data(config.data_dir, config.limit), config.held_out)
+    train, test = evaluation_sets(config, data_dir)
 
     encoded = model.encode(test.images)
-    z_mean = model.mean_latent(test.images)
+    z_mean = encoded["mu"] if model.kind == "vae" else encoded["z"]
     recon = model.decode(z_mean)
     mse = float(((recon - test.images) ** 2).mean())
     result: dict = {
