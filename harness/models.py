@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 if TYPE_CHECKING:
-    from training.config import ModelKind
+    from training.config import ModelKind, Preparation
 
 
 class Architecture(TypedDict):
@@ -40,10 +40,17 @@ TINY_ARCH: Architecture = {
 TINY_FIGURE = "training_curves.png"
 
 
-def export_tiny_model(out_dir: Path, kind: ModelKind, z_dim: int = 2) -> dict:
+def export_tiny_model(
+    out_dir: Path,
+    kind: ModelKind,
+    z_dim: int = 2,
+    shape: tuple[int, int, int] = (1, 28, 28),
+    preparation: Preparation | None = None,
+) -> dict:
     """Build and export a tiny untrained model of `kind` ("vae" or "ae") into `out_dir`, named
-    after the folder, with ten latent points and one figure; returns its metadata. Seeded: the
-    same arguments give the same graphs."""
+    after the folder, with ten latent points and one figure; returns its metadata. `shape` is
+    (C, H, W); `preparation` what uploads get (None: 'digit' for 1x28x28, else 'fit'). Seeded:
+    the same arguments give the same graphs."""
     import torch
 
     from training.config import ModelConfig, TrainConfig
@@ -51,10 +58,15 @@ def export_tiny_model(out_dir: Path, kind: ModelKind, z_dim: int = 2) -> dict:
     from training.model import build_model
 
     torch.manual_seed(0)
-    config = TrainConfig(model=ModelConfig(kind=kind, z_dim=z_dim, **TINY_ARCH), epochs=1)
+    arch = {
+        **TINY_ARCH,
+        "decoder_conv_t_filters": [*TINY_ARCH["decoder_conv_t_filters"][:-1], shape[0]],
+    }
+    model_config = ModelConfig(kind=kind, z_dim=z_dim, input_shape=shape, **arch)
+    config = TrainConfig(model=model_config, epochs=1, preparation=preparation)
     model = build_model(config.model)
     rng = np.random.default_rng(0)
-    parity = rng.random((8, 1, 28, 28), dtype=np.float32)
+    parity = rng.random((8, *shape), dtype=np.float32)
     points = {"z": rng.normal(size=(10, z_dim)).round(4).tolist(), "labels": list(range(10))}
     metadata = export_model(
         model,

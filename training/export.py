@@ -45,6 +45,34 @@ PIXEL_CONVENTION = {
     "background": "dark",
     "description": "grayscale, 0 = background (black), 1 = ink (white), as MNIST",
 }
+# Images that are not MNIST-style digits: plain intensities, no foreground convention.
+RGB_CONVENTION = {
+    "dtype": "float32",
+    "range": [0.0, 1.0],
+    "layout": "NCHW",
+    "description": "RGB, each channel 0 (dark) to 1 (full intensity)",
+}
+GRAY_CONVENTION = {**RGB_CONVENTION, "description": "grayscale, 0 = black, 1 = white"}
+
+
+def resolve_preparation(config: TrainConfig) -> str:
+    """The upload preparation a run's export declares (TrainConfig.preparation, or its default:
+    'digit' for 1-channel 28x28 IDX or default data, 'fit' otherwise)."""
+    if config.preparation is not None:
+        return config.preparation
+    digit_like = config.images_dir is None and config.npz is None
+    return "digit" if digit_like and config.model.input_shape == (1, 28, 28) else "fit"
+
+
+def pixel_spec(config: TrainConfig) -> dict[str, Any]:
+    """metadata.json's `input`: shape, pixel convention and upload preparation."""
+    channels, height, width = config.model.input_shape
+    preparation = resolve_preparation(config)
+    if preparation == "digit":
+        convention = PIXEL_CONVENTION
+    else:
+        convention = RGB_CONVENTION if channels == 3 else GRAY_CONVENTION
+    return {"shape": [channels, height, width], **convention, "preparation": preparation}
 
 
 class ParityError(RuntimeError):
@@ -195,7 +223,6 @@ def export_model(
     """
     model.eval()
     kind = model.kind
-    channels, height, width = config.model.input_shape
     outputs = output_names(kind)
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory() as tmp:
@@ -224,7 +251,7 @@ def export_model(
         "version": f"{name or out_dir.name}-{now:%Y%m%d}-{graphs_sha[:8]}",
         "created": now.isoformat(timespec="seconds"),
         "z_dim": config.model.z_dim,
-        "input": {"shape": [channels, height, width], **PIXEL_CONVENTION},
+        "input": pixel_spec(config),
         "encoder": {
             "file": ENCODER_FILE,
             "sha256": encoder_sha,

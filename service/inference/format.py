@@ -34,6 +34,11 @@ from pydantic import (
 FORMAT = "vae-service-model/1"
 METADATA = "metadata.json"
 ModelKind = Literal["vae", "ae"]
+# How the service turns an uploaded image into the encoder's input (PixelSpec.preparation).
+Preparation = Literal["digit", "fit", "none"]
+PREPARATIONS: tuple[str, ...] = ("digit", "fit", "none")
+# The image shapes this service serves: C in {1, 3}, H and W up to this.
+MAX_SIDE = 256
 # The encoder's outputs by model kind, in order.
 KIND_OUTPUTS: dict[str, list[str]] = {"vae": ["mu", "log_var"], "ae": ["z"]}
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "docs" / "model-format.schema.json"
@@ -56,7 +61,8 @@ TensorName = Annotated[str, Field(min_length=1)]
 
 
 class PixelSpec(BaseModel):
-    """The encoder's input (and the decoder's output): shape and pixel convention."""
+    """The encoder's input (and the decoder's output): shape, pixel convention, and the
+    preparation uploads get before the encoder."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -64,7 +70,10 @@ class PixelSpec(BaseModel):
         Annotated[StrictInt, Field(gt=0)],
         Annotated[StrictInt, Field(gt=0)],
         Annotated[StrictInt, Field(gt=0)],
-    ] = Field(description="[C, H, W] of one image (the batch axis is dynamic)")
+    ] = Field(
+        description=f"[C, H, W] of one image (the batch axis is dynamic): C is 1 (grayscale) "
+        f"or 3 (RGB), H and W at most {MAX_SIDE}"
+    )
     dtype: Literal["float32"] = "float32"
     range: tuple[float, float] = Field(
         (0.0, 1.0), description="[low, high]: the values of background and full ink"
@@ -74,6 +83,14 @@ class PixelSpec(BaseModel):
         "light", description="light: ink is `high` on a `low` background (as MNIST)"
     )
     background: Literal["light", "dark"] | None = None
+    preparation: Preparation = Field(
+        "digit",
+        description="what an uploaded image goes through before the encoder: digit (MNIST's "
+        "recipe: grayscale, invert a light background, crop to the ink, fit a box of 20/28 of "
+        "the side keeping the aspect ratio, centre by mass; 1-channel models only), fit "
+        "(convert to C channels, resize the shorter side to fit, centre-crop) or none "
+        "(convert and resize to H x W). Absent in folders written before it: digit",
+    )
     description: str | None = None
 
     @model_validator(mode="after")
@@ -82,11 +99,26 @@ class PixelSpec(BaseModel):
         if not (math.isfinite(low) and math.isfinite(high) and low < high):
             raise ValueError(f"range must be finite [low, high] with low < high, not {self.range}")
         channels, height, width = self.shape
-        if channels != 1 or height != width:
+        if channels not in (1, 3) or height > MAX_SIDE or width > MAX_SIDE:
             raise ValueError(
-                f"shape {list(self.shape)}: this service serves square 1-channel (grayscale) models"
+                f"shape {list(self.shape)}: this service serves 1-channel (grayscale) or "
+                f"3-channel (RGB) models of at most {MAX_SIDE}x{MAX_SIDE} pixels"
             )
+        if self.preparation == "digit" and channels != 1:
+            raise ValueError("preparation 'digit' is for 1-channel models; use 'fit' or 'none'")
         return self
+
+    @property
+    def channels(self) -> int:
+        return self.shape[0]
+
+    @property
+    def height(self) -> int:
+        return self.shape[1]
+
+    @property
+    def width(self) -> int:
+        return self.shape[2]
 
 
 class EncoderSpec(BaseModel):
@@ -196,6 +228,13 @@ class ModelMetadata(BaseModel):
     )
     figures: list[FileName] = Field(
         default_factory=list, description="figure files served at /models/{name}/figures/"
+    )
+    # Left out when absent, so folders from before it round-trip.
+    label_names: list[str] | None = Field(
+        None,
+        description="what each label of the latent points means, by label number (e.g. "
+        "Fashion-MNIST's classes); absent: the label numbers are their own names (digits)",
+        exclude_if=lambda value: value is None,
     )
     # Left out when absent (written files, /models), so folders from before it round-trip.
     typicality: Typicality | None = Field(
