@@ -53,6 +53,7 @@ def export_tiny_model(
     the same arguments give the same graphs."""
     import torch
 
+    from service.inference.latent import principal_plane
     from training.config import ModelConfig, TrainConfig
     from training.export import export_model, write_metadata
     from training.model import build_model
@@ -67,7 +68,10 @@ def export_tiny_model(
     model = build_model(config.model)
     rng = np.random.default_rng(0)
     parity = rng.random((8, *shape), dtype=np.float32)
-    points = {"z": rng.normal(size=(10, z_dim)).round(4).tolist(), "labels": list(range(10))}
+    z = rng.normal(size=(10, z_dim)).round(4)
+    points: dict = {"z": z.tolist(), "labels": list(range(10))}
+    if z_dim > 2:
+        points["plane"] = principal_plane(z)
     metadata = export_model(
         model,
         config,

@@ -115,3 +115,27 @@ def manifold_grid(
     grid[:, :, i] = axis[None, :]
     grid[:, :, j] = axis[::-1, None]
     return grid.astype(np.float32), axis
+
+
+def principal_plane(z: np.ndarray) -> dict[str, list]:
+    """The plane through the mean of latent points `z` (N, z_dim) spanned by their two
+    principal directions: {"origin": [z_dim], "axes": [[z_dim], [z_dim]], "explained": [2]}.
+
+    Stored with the held-out points of models with z_dim > 2 (`plane` in latent_points.json):
+    the explorer draws the points at (z - origin) . axes and decodes origin + u a1 + v a2.
+    `explained` is each axis' share of the points' total variance. Each axis' sign is fixed
+    (its largest component positive) so the same points always give the same plane."""
+    points = np.asarray(z, np.float64)
+    if points.ndim != 2 or points.shape[0] < 2 or points.shape[1] < 2:
+        raise ValueError("principal_plane needs at least two points of at least 2 dimensions")
+    origin = points.mean(axis=0)
+    _, singular, vt = np.linalg.svd(points - origin, full_matrices=False)
+    axes = vt[:2]
+    axes *= np.where(axes[np.arange(2), np.abs(axes).argmax(axis=1)] < 0, -1.0, 1.0)[:, None]
+    variance = singular**2
+    explained = variance[:2] / variance.sum() if variance.sum() > 0 else np.zeros(2)
+    return {
+        "origin": origin.round(6).tolist(),
+        "axes": axes.round(6).tolist(),
+        "explained": explained.round(4).tolist(),
+    }
