@@ -25,12 +25,17 @@ EXPORT_ARGS :=
 EVALUATE_ARGS :=
 endif
 
-.PHONY: help serve test lint format lock train export evaluate bench soak chaos audit container-test clean
+# `make train-fashion` reproduces models/fashion from Fashion-MNIST's IDX files (Debian's
+# dataset-fashion-mnist package puts them in this folder; needed only to train).
+FASHION_DIR ?= /usr/share/datasets/fashion-mnist
+
+.PHONY: help serve test lint format lock train train-fashion export evaluate bench soak chaos audit container-test clean
 
 help:
 	@echo "make serve   - set up and serve models/ on http://$(HOST):$(PORT)"
 	@echo "make test    - set up, lint and run the test suite"
 	@echo "make train   - retrain and export the shipped models (long: see models/README.md)"
+	@echo "make train-fashion - retrain and export models/fashion from FASHION_DIR"
 	@echo "make bench   - run the benchmarks (see BENCHMARKS.md)"
 	@echo "make soak    - mixed good and bad traffic for SOAK_SECONDS (180) at concurrency 32"
 	@echo "make chaos   - faults under load (worker SIGKILL/SIGSTOP, bursts...): RELIABILITY.md"
@@ -97,6 +102,12 @@ train: $(VENV)/.dev-installed
 	$(TRAIN_AE)
 	$(BIN)/vae-export runs/ae --out models/ae $(EXPORT_ARGS)
 	$(BIN)/vae-evaluate models/ae $(EVALUATE_ARGS)
+
+train-fashion: $(VENV)/.dev-installed
+	$(BIN)/vae-train --kind vae --epochs 30 --seed 0 --lr-decay 0.95 --threads 1 \
+		--data-dir $(FASHION_DIR) --out runs/fashion
+	$(BIN)/vae-export runs/fashion --out models/fashion --checkpoint best
+	$(BIN)/vae-evaluate models/fashion --data-dir $(FASHION_DIR)
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.run_all

@@ -18,8 +18,8 @@
 
   function describe(end) {
     if (!end) return null;
-    const z = end.z ? fmtVec(end.z.slice(0, 2)) : "";
-    return end.kind === "image" ? `your digit ${z}` : z;
+    const z = end.z ? fmtZ(end.z) : "";
+    return end.kind === "image" ? `your ${isDigitModel(end.model) ? "digit" : "image"} ${z}` : z;
   }
 
   function renderEnds() {
@@ -45,7 +45,7 @@
 
   function fromDigit(which) {
     if (!state.input) {
-      setStatus("draw or upload a digit first");
+      setStatus(`draw or upload ${isDigitModel(state.model) ? "a digit" : "an image"} first`);
       return;
     }
     const enc = state.encodings.get(state.model);
@@ -53,7 +53,8 @@
   }
 
   async function meanOf(end, model) {
-    if (end.kind === "point") return end.model === model ? end.z : fullZ(model, end.z.slice(0, 2));
+    // a point picked on another model's map: the same map point (u, v) in this model's space
+    if (end.kind === "point") return end.model === model ? end.z : fullZ(model, projectZ(end.model, end.z));
     if (end.model === model && end.z) return end.z;
     const json = await (await api(`encode?${query({ model })}`, { method: "POST", body: imageForm(end.blob) })).json();
     end.model = model;
@@ -122,10 +123,10 @@
       const strip = $(id);
       strip.style.setProperty("--steps", String(n));
       strip.replaceChildren(...answer.images.map((b64, i) => {
-        const img = document.createElement("img");
+        const img = setAspect(document.createElement("img"), interp.result.model);
         img.className = "digit cell";
         img.src = `data:image/png;base64,${b64}`;
-        img.alt = `${answer.used} step ${i + 1} of ${n}: z = ${fmtVec(answer.z[i])}`;
+        img.alt = `${answer.used} step ${i + 1} of ${n}: z = ${fmtZ(answer.z[i])}`;
         img.title = `t = ${fmt(answer.t[i], 2)}, |z| = ${fmt(answer.norms[i], 2)}`;
         return img;
       }));
@@ -221,7 +222,7 @@
 
   function showScore(json) {
     $("score").hidden = false;
-    $("errmap").src = `data:image/png;base64,${json.error_map}`;
+    setAspect($("errmap"), json.model || state.model).src = `data:image/png;base64,${json.error_map}`;
     const vae = json.kind === "vae";
     for (const id of ["logpx", "elbo", "bpd"]) {
       $(id).hidden = !vae;
@@ -234,6 +235,7 @@
       $("elbo").title = `E_q log p(x|z) ${fmt(json.reconstruction_log_likelihood, 1)} − KL ${fmt(json.kl, 2)}`;
       $("bpd").textContent = fmt(json.bits_per_dim, 3);
     }
+    const things = isDigitModel(json.model || state.model) ? "digits" : "images";
     const verdict = json.typicality;
     const gauge = $("gauge");
     gauge.hidden = !verdict;
@@ -251,7 +253,7 @@
         ? ` (${Object.entries(verdict.components).map(([k, v]) => `${names[k] || k}: ${ordinal(v)}`).join(", ")} percentile)`
         : ` (its ${names[verdict.score_name] || verdict.score_name})`;
       $("gauge-label").textContent = `${verdict.typical ? "Typical" : "Atypical"}: ranks above ` +
-        `${fmt(p, 1)}% of held-out digits${parts}; threshold: the ` +
+        `${fmt(p, 1)}% of held-out ${things}${parts}; threshold: the ` +
         `${ordinal(verdict.threshold_percentile)} percentile.`;
     } else {
       $("gauge-label").textContent = "This model's metadata has no held-out reference: no typicality verdict.";
@@ -259,7 +261,7 @@
     $("score-note").textContent = vae
       ? `log p(x) under the model's own likelihood (${json.likelihood.name}` +
         (json.likelihood.sigma ? `, σ = ${fmt(json.likelihood.sigma, 3)}` : "") +
-        "), a continuous density: compare digits with each other, not with other models."
+        `), a continuous density: compare ${things} with each other, not with other models.`
       : "A plain autoencoder has no likelihood: its score is reconstruction error only.";
   }
 

@@ -8,6 +8,8 @@ const DIGIT_COLORS = [
   "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
   "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
 ];
+// Labels past 10 (models with more classes): evenly spread hues.
+const labelColor = (label) => DIGIT_COLORS[label] ?? `hsl(${(label * 137.508) % 360}, 62%, 45%)`;
 const ACCENT = "#d6336c";
 const MANIFOLD_N = 20; // 20x20 decoded grid
 const MANIFOLD_P = [0.05, 0.95]; // evenly spaced probabilities, z = Phi^-1(p)
@@ -22,7 +24,8 @@ const state = {
   models: [], // ModelInfo objects from GET /models
   model: null, // active model name
   view: "map", // map | manifold | compare
-  points: new Map(), // name -> {z, labels} or null (no latent points)
+  points: new Map(), // name -> {z, labels, plane?} or null (no latent points)
+  projections: new Map(), // name -> how its latent space lies on the 2-D map (projection())
   input: null, // the exact Blob last sent to the API
   inputBase64: null, // the same bytes, base64
   result: null, // the active model's /reconstruct?format=json answer
@@ -198,12 +201,102 @@ function zDim(name) {
   return modelInfo(name)?.z_dim ?? 2;
 }
 
-// A 2-D map point -> the model's z (extra dimensions, if any, at 0).
-function fullZ(name, xy) {
-  const z = new Array(zDim(name)).fill(0);
-  z[0] = xy[0];
-  if (z.length > 1) z[1] = xy[1];
-  return z;
+// [C, H, W] of the model's images (GET /models: input.shape); 1x28x28 when unknown.
+function imageShape(name) {
+  const shape = modelInfo(name)?.input?.shape;
+  return Array.isArray(shape) && shape.length === 3 ? shape : [1, 28, 28];
+}
+
+// Width / height of the model's images: <img class="digit"> boxes take it from --ar (style.css),
+// so non-square images keep their shape.
+function setAspect(img, name) {
+  const [, h, w] = imageShape(name);
+  img.style.setProperty("--ar", String(w / h));
+  return img;
+}
+
+// A 1x28x28 model without class names: the book's digits. Anything else: "images".
+function isDigitModel(name) {
+  const [c, h, w] = imageShape(name);
+  return c === 1 && h === 28 && w === 28 && !modelInfo(name)?.label_names;
+}
+
+function labelName(name, label) {
+  const names = modelInfo(name)?.label_names;
+  return Array.isArray(names) && names[label] !== undefined ? String(names[label]) : String(label);
+}
+
+const unitVector = (n, i) => Array.from({ length: n }, (_, k) => (k === i ? 1 : 0));
+const dot = (a, b) => a.reduce((sum, x, i) => sum + x * (b[i] ?? 0), 0);
+
+function validPlane(plane, n) {
+  const vec = (v) => Array.isArray(v) && v.length === n && v.every(Number.isFinite);
+  return Boolean(plane) && vec(plane.origin) && Array.isArray(plane.axes) &&
+    plane.axes.length === 2 && plane.axes.every(vec);
+}
+
+// How a model's z_dim-D latent space lies on the 2-D map, as map coordinates (u, v):
+// u = (z - origin)·axes[0], v = (z - origin)·axes[1]; a map point decodes at
+// z = origin + u·axes[0] + v·axes[1].
+//   z_dim 2: the plane itself (origin 0, unit axes): u, v = z1, z2.
+//   z_dim > 2 with `plane` in its latent points: the held-out points' principal plane.
+//   z_dim > 2 without: z1, z2 with the other dimensions at 0 (said on the page).
+//   z_dim 1: one axis, u = z1; v is not used (points at v = 0, any v decodes z1 = u).
+function projection(name) {
+  const cached = state.projections.get(name);
+  if (cached) return cached;
+  const n = zDim(name);
+  const plane = state.points.get(name)?.plane;
+  const origin = new Array(n).fill(0);
+  let p;
+  if (n > 2 && validPlane(plane, n)) {
+    const share = (k) => {
+      const e = Number(plane.explained?.[k]);
+      return Number.isFinite(e) ? ` (${Math.round(e * 100)}% of variance)` : "";
+    };
+    p = {
+      kind: "plane",
+      origin: plane.origin,
+      axes: plane.axes,
+      labels: [`PC1${share(0)}`, `PC2${share(1)}`],
+      short: ["PC1", "PC2"],
+      note: `the map is the held-out points' principal plane in ${n}-D (PC1, PC2 through their mean)`,
+    };
+  } else if (n === 1) {
+    p = {
+      kind: "line",
+      origin,
+      axes: [[1], [0]],
+      labels: ["z₁", "(z_dim 1: one axis)"],
+      short: ["z₁", ""],
+      note: "z_dim 1: the map's horizontal axis is z₁; up and down do not change z",
+    };
+  } else {
+    p = {
+      kind: "dims",
+      origin,
+      axes: [unitVector(n, 0), unitVector(n, 1)],
+      labels: ["z₁", "z₂"],
+      short: ["z₁", "z₂"],
+      note: n > 2
+        ? "no principal plane in this model's latent points: the map shows z₁, z₂ (other dimensions at 0)"
+        : "",
+    };
+  }
+  if (state.points.has(name)) state.projections.set(name, p);
+  return p;
+}
+
+// The model's z -> map coordinates [u, v].
+function projectZ(name, z, p = projection(name)) {
+  const d = p.origin.map((o, i) => (z[i] ?? 0) - o);
+  return [dot(d, p.axes[0]), dot(d, p.axes[1])];
+}
+
+// A map point [u, v] -> the model's z (length z_dim).
+function fullZ(name, uv) {
+  const p = projection(name);
+  return p.origin.map((o, i) => o + uv[0] * p.axes[0][i] + uv[1] * p.axes[1][i]);
 }
 
 // Fixed decimals, never "-0.00".
@@ -212,6 +305,11 @@ const fmt = (v, digits = 2) => {
   return /^-0(\.0*)?$/.test(text) ? text.slice(1) : text;
 };
 const fmtVec = (v, digits = 2) => `(${v.map((x) => fmt(x, digits)).join(", ")})`;
+// Short enough for a line of text at any z_dim: up to 3 numbers in full, else the first two,
+// "…" and the last.
+const fmtZ = (v, digits = 2) => v.length <= 3
+  ? fmtVec(v, digits)
+  : `(${v.slice(0, 2).map((x) => fmt(x, digits)).join(", ")}, …, ${fmt(v.at(-1), digits)})`;
 
 // ------------------------------------------------------- normal distribution
 
@@ -261,12 +359,13 @@ function niceStep(span, target) {
   return (f < 1.5 ? 1 : f < 3.5 ? 2 : f < 7.5 ? 5 : 10) * mag;
 }
 
-// A square view over the held-out encodings (0.5-99.5 percentiles, so a few outliers do
-// not squash the rest) that always includes the prior's 2-sigma circle.
-function computeBounds(points) {
+// A square view over the held-out encodings (their map coordinates `uv`; 0.5-99.5
+// percentiles, so a few outliers do not squash the rest) that always includes the prior's
+// 2-sigma circle.
+function computeBounds(uv) {
   let [x0, x1, y0, y1] = [-2.5, 2.5, -2.5, 2.5];
-  if (points && points.z.length) {
-    const pick = (k) => points.z.map((p) => p[k]).sort((a, b) => a - b);
+  if (uv && uv.length) {
+    const pick = (k) => uv.map((p) => p[k]).sort((a, b) => a - b);
     const xs = pick(0);
     const ys = pick(1);
     const lo = (a) => a[Math.floor(0.005 * (a.length - 1))];
@@ -292,6 +391,8 @@ class LatentMap {
     this.model = null;
     this.kind = "vae";
     this.points = null;
+    this.proj = null; // projection(model): the model's z <-> map coordinates
+    this.uv = null; // the points' map coordinates
     this.bounds = computeBounds(null);
     this.mode = "points"; // points | manifold
     this.manifold = null; // {canvas, zx, zy}
@@ -308,7 +409,9 @@ class LatentMap {
     this.model = name;
     this.kind = kind;
     this.points = points;
-    this.bounds = computeBounds(points);
+    this.proj = projection(name);
+    this.uv = points ? points.z.map((z) => projectZ(name, z, this.proj)) : null;
+    this.bounds = computeBounds(this.uv);
     this.draw();
   }
 
@@ -321,7 +424,13 @@ class LatentMap {
     return { left, top: 10, side: Math.min(side, s - bottom - 10) };
   }
 
-  toPx([x, y]) {
+  // The model's z (any z_dim) -> canvas pixels, through the map's projection.
+  toPx(z) {
+    return this.uvToPx(this.proj ? projectZ(this.model, z, this.proj) : [z[0], z[1] ?? 0]);
+  }
+
+  // Map coordinates [u, v] -> canvas pixels.
+  uvToPx([x, y]) {
     const { left, top, side } = this.plot();
     if (this.mode === "manifold" && this.manifold) {
       const u = (p) => {
@@ -403,7 +512,7 @@ class LatentMap {
         let next = [x + dx * step, y + dy * step];
         if (this.mode === "manifold" && this.manifold) {
           // move by one manifold cell
-          const [px, py] = this.toPx([x, y]);
+          const [px, py] = this.uvToPx([x, y]);
           const cell = this.plot().side / MANIFOLD_N * (e.shiftKey ? 4 : 1);
           next = this.toZ(px + dx * cell, py - dy * cell);
         } else {
@@ -424,6 +533,8 @@ class LatentMap {
   }
 
   moveTo(z) {
+    // one latent dimension: the probe stays on the axis (v does not change z)
+    if (this.proj?.kind === "line" && this.mode !== "manifold") z = [z[0], 0];
     this.cursor = z;
     this.draw();
     this.onProbe(this.model, z);
@@ -438,7 +549,7 @@ class LatentMap {
     else this.drawPoints();
   }
 
-  drawFrame(ticksX, ticksY, label) {
+  drawFrame(ticksX, ticksY, [labelX, labelY]) {
     const ctx = this.ctx;
     const { left, top, side } = this.plot();
     ctx.strokeStyle = "#9aa3ad";
@@ -461,12 +572,12 @@ class LatentMap {
     ctx.font = "italic 12px system-ui, sans-serif";
     ctx.textAlign = "center";
     ctx.textBaseline = "alphabetic";
-    ctx.fillText(`${label}₁`, left + side / 2, top + side + 32);
+    ctx.fillText(labelX, left + side / 2, top + side + 32);
     ctx.save();
     ctx.translate(12, top + side / 2);
     ctx.rotate(-Math.PI / 2);
     ctx.textBaseline = "middle";
-    ctx.fillText(`${label}₂`, 0, 0);
+    ctx.fillText(labelY, 0, 0);
     ctx.restore();
   }
 
@@ -491,42 +602,53 @@ class LatentMap {
     ctx.strokeStyle = "#eef0f3";
     ctx.lineWidth = 1;
     for (const v of ticks(b.x0, b.x1)) {
-      const [px] = this.toPx([v, 0]);
+      const [px] = this.uvToPx([v, 0]);
       ctx.beginPath();
       ctx.moveTo(Math.round(px) + 0.5, top);
       ctx.lineTo(Math.round(px) + 0.5, top + side);
       ctx.stroke();
     }
-    for (const v of ticks(b.y0, b.y1)) {
-      const [, py] = this.toPx([0, v]);
+    const line = this.proj?.kind === "line"; // one latent dimension: v has no ticks
+    for (const v of line ? [0] : ticks(b.y0, b.y1)) {
+      const [, py] = this.uvToPx([0, v]);
       ctx.beginPath();
       ctx.moveTo(left, Math.round(py) + 0.5);
       ctx.lineTo(left + side, Math.round(py) + 0.5);
       ctx.stroke();
     }
-    // the prior N(0, I): 1- and 2-sigma circles, for reference on both kinds of model
+    // the prior N(0, I): 1- and 2-sigma circles, for reference on both kinds of model (its
+    // projection on a plane of orthonormal axes is N(0, I) there too, centred at z = 0's
+    // place); with one latent dimension, lines at ±1σ and ±2σ
     const unit = side / (b.x1 - b.x0);
-    const [ox, oy] = this.toPx([0, 0]);
+    const [ox, oy] = this.toPx(this.proj ? this.proj.origin.map(() => 0) : [0, 0]);
     ctx.strokeStyle = "#b5bcc4";
     ctx.setLineDash([4, 4]);
     for (const r of [1, 2]) {
       ctx.beginPath();
-      ctx.arc(ox, oy, r * unit, 0, 2 * Math.PI);
+      if (this.proj?.kind === "line") {
+        for (const x of [ox - r * unit, ox + r * unit]) {
+          ctx.moveTo(Math.round(x) + 0.5, top);
+          ctx.lineTo(Math.round(x) + 0.5, top + side);
+        }
+      } else {
+        ctx.arc(ox, oy, r * unit, 0, 2 * Math.PI);
+      }
       ctx.stroke();
     }
     ctx.setLineDash([]);
     // held-out encodings
     if (this.points) {
-      const { z, labels } = this.points;
+      const { labels } = this.points;
+      const z = this.uv;
       const r = Math.max(1.6, Math.min(3, side / 190));
       // a highlighted digit (legend) is drawn last, on top, the others faded
       const hl = labels ? highlight : null;
       for (const pass of hl === null ? [null] : ["rest", "digit"]) {
         ctx.globalAlpha = pass === "rest" ? 0.12 : 0.75;
         for (let i = 0; i < z.length; i++) {
-          if (pass !== null && (labels[i] % 10 === hl) !== (pass === "digit")) continue;
-          const [px, py] = this.toPx(z[i]);
-          ctx.fillStyle = labels ? DIGIT_COLORS[labels[i] % 10] : "#5b6670";
+          if (pass !== null && (labels[i] === hl) !== (pass === "digit")) continue;
+          const [px, py] = this.uvToPx(z[i]);
+          ctx.fillStyle = labels ? labelColor(labels[i]) : "#5b6670";
           ctx.beginPath();
           ctx.arc(px, py, pass === "digit" ? r * 1.3 : r, 0, 2 * Math.PI);
           ctx.fill();
@@ -541,9 +663,9 @@ class LatentMap {
     ctx.restore();
     const fmtTick = (v) => fmt(v, digits);
     this.drawFrame(
-      ticks(b.x0, b.x1).map((v) => [this.toPx([v, 0])[0], fmtTick(v)]),
-      ticks(b.y0, b.y1).map((v) => [this.toPx([0, v])[1], fmtTick(v)]),
-      "z",
+      ticks(b.x0, b.x1).map((v) => [this.uvToPx([v, 0])[0], fmtTick(v)]),
+      line ? [] : ticks(b.y0, b.y1).map((v) => [this.uvToPx([0, v])[1], fmtTick(v)]),
+      this.axisLabels(),
     );
     if (!this.points) {
       ctx.fillStyle = "#6b7580";
@@ -583,8 +705,12 @@ class LatentMap {
     this.drawFrame(
       idx.map((i) => [left + (i + 0.5) * cell, fmt(axis[i], 2)]),
       idx.map((i) => [top + (MANIFOLD_N - 1 - i + 0.5) * cell, fmt(axis[i], 2)]),
-      "z",
+      this.axisLabels(),
     );
+  }
+
+  axisLabels() {
+    return this.proj ? this.proj.labels : ["z₁", "z₂"];
   }
 
   drawPins() {
@@ -610,9 +736,14 @@ class LatentMap {
     const center = e.mu || e.z;
     const [px, py] = this.toPx(center);
     if (e.sigma) {
+      // sigma along each map axis: sqrt(sum_i a_i^2 sigma_i^2) (the posterior is diagonal);
+      // one latent dimension: a flat ellipse along the axis
+      const axes = this.proj ? this.proj.axes : [[1, 0], [0, 1]];
+      const [su, sv] = axes.map((a) => Math.sqrt(a.reduce((s, x, i) => s + (x * (e.sigma[i] ?? 0)) ** 2, 0)));
+      const flat = this.proj?.kind === "line";
       for (const k of [2, 1]) {
         ctx.beginPath();
-        ctx.ellipse(px, py, Math.max(k * e.sigma[0] * unit, 1), Math.max(k * e.sigma[1] * unit, 1),
+        ctx.ellipse(px, py, Math.max(k * su * unit, 1), flat ? 4 * k : Math.max(k * sv * unit, 1),
           0, 0, 2 * Math.PI);
         ctx.fillStyle = k === 1 ? "rgba(20, 24, 28, 0.16)" : "rgba(20, 24, 28, 0.07)";
         ctx.fill();
@@ -630,7 +761,7 @@ class LatentMap {
     if (!this.cursor) return;
     const ctx = this.ctx;
     const { left, top, side } = this.plot();
-    const [px, py] = this.toPx(this.cursor);
+    const [px, py] = this.uvToPx(this.cursor);
     ctx.strokeStyle = "rgba(214, 51, 108, 0.45)";
     ctx.lineWidth = 1;
     if (cross) {
@@ -687,12 +818,13 @@ async function pumpProbe() {
         const blob = await decodePng(want.model, [want.z]);
         if (state.probeImage) URL.revokeObjectURL(state.probeImage);
         state.probeImage = URL.createObjectURL(blob);
-        const img = $("probe-img");
+        const img = setAspect($("probe-img"), want.model);
         img.src = state.probeImage;
-        $("probe-mini").src = state.probeImage; // over the map where the panel is off-screen
+        // over the map where the panel is off-screen
+        setAspect($("probe-mini"), want.model).src = state.probeImage;
         img.dataset.z = JSON.stringify(want.z);
         img.dataset.model = want.model;
-        img.alt = `${want.model} decoded at z = ${fmtVec(want.z)}`;
+        img.alt = `${want.model} decoded at z = ${fmtZ(want.z)}`;
         state.decodes += 1;
         showProbeText(want.model, want.z);
       } catch (err) {
@@ -709,9 +841,18 @@ function showProbeText(model, z) {
   const name = document.createElement("strong");
   name.textContent = modelLabel(model);
   const vector = document.createElement("span");
-  vector.className = "nowrap";
-  vector.textContent = `z = ${fmtVec(z)}`;
+  if (z.length <= 2) vector.className = "nowrap"; // longer vectors wrap inside the panel
+  vector.textContent = `z = ${fmtZ(z)}`;
+  vector.title = z.length > 3 ? `z (${z.length}-D) = ${fmtVec(z)}` : "";
   el.replaceChildren(name, document.createElement("br"), vector);
+  const p = projection(model);
+  if (p.kind === "plane") {
+    const [u, v] = projectZ(model, z, p);
+    const where = document.createElement("span");
+    where.className = "nowrap";
+    where.textContent = `${p.short[0]} ${fmt(u)}, ${p.short[1]} ${fmt(v)}`;
+    el.append(document.createElement("br"), where);
+  }
 }
 
 let pinCounter = 0;
@@ -754,13 +895,14 @@ function renderPins() {
     img.className = "digit";
     img.width = 56;
     img.height = 56;
-    img.alt = `pin ${p.id}: ${p.model} at z = ${fmtVec(p.z)}`;
+    setAspect(img, p.model);
+    img.alt = `pin ${p.id}: ${p.model} at z = ${fmtZ(p.z)}`;
     if (p.url) img.src = p.url;
     const text = document.createElement("span");
     text.className = "pin-text";
     const num = document.createElement("b");
     num.textContent = String(p.id);
-    text.append(num, ` ${modelLabel(p.model)}`, document.createElement("br"), fmtVec(p.z));
+    text.append(num, ` ${modelLabel(p.model)}`, document.createElement("br"), fmtZ(p.z));
     const remove = document.createElement("button");
     remove.type = "button";
     remove.className = "small remove";
@@ -782,7 +924,7 @@ function renderPins() {
 
 let mainMap;
 let compareMaps = [];
-let highlight = null; // a digit picked in the legend, or null
+let highlight = null; // a label picked in the legend, or null
 
 function allMaps() {
   return [mainMap, ...compareMaps];
@@ -811,11 +953,15 @@ async function latentPoints(name) {
 
 // The manifold: decode a 20x20 grid of z at normal quantiles, in chunks of /decode?format=png
 // grids, and copy each cell into one 560x560 canvas (top row = largest z2, like the book).
+// The quantiles are map coordinates: with a principal plane, offsets from the points' mean
+// along PC1 and PC2. Non-square images sit in square cells (black bars), keeping their shape.
 function manifold(name) {
   if (!state.manifolds.has(name)) {
     const build = (async () => {
       const axis = manifoldAxis();
-      const size = modelInfo(name)?.input?.shape?.at(-1) ?? 28;
+      const [, h, w] = imageShape(name);
+      const size = Math.max(h, w);
+      const [dx, dy] = [Math.floor((size - w) / 2), Math.floor((size - h) / 2)];
       const cells = [];
       for (let r = 0; r < MANIFOLD_N; r++) {
         for (let c = 0; c < MANIFOLD_N; c++) cells.push({ r, c, z: fullZ(name, [axis[c], axis[MANIFOLD_N - 1 - r]]) });
@@ -823,6 +969,8 @@ function manifold(name) {
       const canvas = document.createElement("canvas");
       canvas.width = canvas.height = MANIFOLD_N * size;
       const ctx = canvas.getContext("2d");
+      ctx.fillStyle = "#000";
+      ctx.fillRect(0, 0, canvas.width, canvas.height);
       const chunks = [];
       for (let i = 0; i < cells.length; i += MANIFOLD_CHUNK) chunks.push(cells.slice(i, i + MANIFOLD_CHUNK));
       // One /decode?format=png grid per chunk (ceil(sqrt(n)) columns, 2 px gaps): each cell is
@@ -840,9 +988,9 @@ function manifold(name) {
         const grid = await createImageBitmap(blob);
         const cols = Math.ceil(Math.sqrt(chunk.length));
         chunk.forEach((cell, j) => {
-          const sx = (j % cols) * (size + 2);
-          const sy = Math.floor(j / cols) * (size + 2);
-          ctx.drawImage(grid, sx, sy, size, size, cell.c * size, cell.r * size, size, size);
+          const sx = (j % cols) * (w + 2);
+          const sy = Math.floor(j / cols) * (h + 2);
+          ctx.drawImage(grid, sx, sy, w, h, cell.c * size + dx, cell.r * size + dy, w, h);
         });
       };
       await Promise.all(chunks.map(decodeCells));
@@ -867,20 +1015,33 @@ async function showMainMap() {
   mainMap.draw();
   // a probe made with another model: decode the same point with this one
   if (state.probe && state.probe.model !== name) {
-    mainMap.cursor = state.probe.z.slice(0, 2);
+    mainMap.cursor = projectZ(state.probe.model, state.probe.z);
     probe(name, mainMap.cursor);
   }
-  renderLegend(points, info.kind);
-  const count = points ? `${points.z.length} held-out digits` : "no held-out digits";
-  $("model-info").textContent = `${info.kind.toUpperCase()} · z_dim ${info.z_dim} · ${count}` +
-    (info.z_dim > 2 ? " · the map shows z₁, z₂ (other dimensions at 0)" : "");
+  renderLegend(points, info.kind, name);
+  const proj = mainMap.proj;
+  mainMap.canvas.dataset.projection = proj.kind;
+  const [c, h, w] = imageShape(name);
+  const things = isDigitModel(name) ? "digits" : "images";
+  const count = points ? `${points.z.length} held-out ${things}` : `no held-out ${things}`;
+  $("model-info").textContent = [
+    info.kind.toUpperCase(),
+    `${c === 3 ? "RGB" : "grayscale"} ${w}×${h}`,
+    `z_dim ${info.z_dim}`,
+    count,
+    ...(proj.note ? [proj.note] : []),
+  ].join(" · ");
+  setInputText(name);
   if (state.view === "manifold") {
     $("map-title").textContent = `Manifold: ${MANIFOLD_N}×${MANIFOLD_N} decodes at z = Φ⁻¹(p)`;
-    $("map-hint").textContent = info.kind === "ae"
+    const where = proj.kind === "plane"
+      ? " The grid lies on the principal plane: PC1 and PC2 offsets from the held-out mean."
+      : proj.kind === "line" ? " One latent dimension: each column repeats down the grid." : "";
+    $("map-hint").textContent = (info.kind === "ae"
       ? "Decoded at normal quantiles, p = 0.05 … 0.95. The plain AE has no prior, so much of " +
-        "this grid lies where it never put a digit: compare with its map."
+        `this grid lies where it never put ${isDigitModel(name) ? "a digit" : "an image"}: compare with its map.`
       : "Decoded at normal quantiles, p = 0.05 … 0.95, so each cell holds equal prior mass. " +
-        "Hover or arrow keys to decode a point, click or Enter to pin.";
+        "Hover or arrow keys to decode a point, click or Enter to pin.") + where;
     try {
       const m = await manifold(name);
       if (name !== state.model || state.view !== "manifold") return;
@@ -891,18 +1052,29 @@ async function showMainMap() {
       setStatus(`manifold: ${err.message}`, true);
     }
   } else {
-    $("map-title").textContent = "The latent plane";
-    $("map-hint").textContent = "Held-out digits, coloured by label (click a digit in the " +
-      "legend to pick it out); dashed circles: 1σ and 2σ of N(0, I). Hover or drag to decode " +
+    $("map-title").textContent = {
+      plane: `The latent space (${info.z_dim}-D) on its principal plane`,
+      line: "The latent line (z_dim 1)",
+    }[proj.kind] || "The latent plane";
+    $("map-hint").textContent = `Held-out ${things}, coloured by label (click a label in the ` +
+      "legend to pick it out); dashed: 1σ and 2σ of N(0, I). Hover or drag to decode " +
       "any point, click to pin it; keyboard: arrows move (Shift: faster), Enter pins.";
     mainMap.canvas.dataset.ready = "points";
   }
 }
 
+// One VAE and one AE, preferably of the same image shape and z_dim (the same input makes
+// sense to both), the active model's kind-mate first.
 function comparePair() {
-  const vae = state.models.find((m) => m.kind === "vae");
-  const ae = state.models.find((m) => m.kind === "ae");
-  return vae && ae ? [vae.name, ae.name] : null;
+  const same = (a, b) => a.z_dim === b.z_dim &&
+    JSON.stringify(imageShape(a.name)) === JSON.stringify(imageShape(b.name));
+  const vaes = state.models.filter((m) => m.kind === "vae");
+  const aes = state.models.filter((m) => m.kind === "ae");
+  const pairs = vaes.flatMap((v) => aes.map((a) => [v, a]));
+  if (!pairs.length) return null;
+  const score = ([v, a]) => (same(v, a) ? 2 : 0) + (v.name === state.model || a.name === state.model ? 1 : 0);
+  const best = pairs.reduce((x, y) => (score(y) > score(x) ? y : x));
+  return [best[0].name, best[1].name];
 }
 
 async function showCompare() {
@@ -924,7 +1096,7 @@ async function showCompare() {
     map.pins = state.pins.filter((p) => p.model === name);
     map.encoding = state.encodings.get(name) || null;
     map.draw();
-    if (i === 0) renderLegend(points, "vae");
+    if (i === 0) renderLegend(points, "vae", name);
   }));
   $("map-title").textContent = "VAE vs AE, side by side";
   $("map-hint").textContent = "Same digits, two latent spaces; dashed circles: 1σ and 2σ of " +
@@ -944,26 +1116,34 @@ async function render() {
   window.analysis?.onView();
 }
 
-function renderLegend(points, kind) {
+// One entry per label present (its class name when the model has label_names), then "you".
+function renderLegend(points, kind, name) {
   const legend = $("legend");
   legend.replaceChildren();
   if (!points || !points.labels) return;
-  const counts = new Array(10).fill(0);
-  for (const l of points.labels) counts[l % 10] += 1;
-  counts.forEach((n, digit) => {
-    if (!n) return;
+  const digits = isDigitModel(name);
+  legend.setAttribute("aria-label", `Legend: held-out ${digits ? "digits" : "images"} by label`);
+  const counts = new Map();
+  for (const l of points.labels) counts.set(l, (counts.get(l) || 0) + 1);
+  if (highlight !== null && !counts.has(highlight)) highlight = null;
+  [...counts.keys()].sort((a, b) => a - b).forEach((label) => {
+    const n = counts.get(label);
+    const text = labelName(name, label);
     const li = document.createElement("li");
     const button = document.createElement("button");
     button.type = "button";
     button.className = "legend-item";
-    button.setAttribute("aria-pressed", String(highlight === digit));
-    button.title = `${n} held-out ${digit}s: click to highlight them`;
+    button.dataset.label = String(label);
+    button.setAttribute("aria-pressed", String(highlight === label));
+    button.title = digits
+      ? `${n} held-out ${text}s: click to highlight them`
+      : `${n} held-out images labelled ${text}${text !== String(label) ? ` (label ${label})` : ""}: click to highlight them`;
     const sw = document.createElement("span");
     sw.className = "swatch";
-    sw.style.backgroundColor = DIGIT_COLORS[digit];
-    button.append(sw, String(digit));
+    sw.style.backgroundColor = labelColor(label);
+    button.append(sw, text);
     button.addEventListener("click", () => {
-      highlight = highlight === digit ? null : digit;
+      highlight = highlight === label ? null : label;
       for (const b of legend.querySelectorAll(".legend-item")) {
         b.setAttribute("aria-pressed", String(b === button && highlight !== null));
       }
@@ -976,7 +1156,8 @@ function renderLegend(points, kind) {
   you.className = "you";
   const sw = document.createElement("span");
   sw.className = "swatch ring";
-  you.append(sw, kind === "ae" ? "your digit (z)" : "your digit (μ, 1σ and 2σ)");
+  const yours = digits ? "your digit" : "your image";
+  you.append(sw, kind === "ae" ? `${yours} (z)` : `${yours} (μ, 1σ and 2σ)`);
   legend.append(you);
 }
 
@@ -1198,17 +1379,34 @@ function updateEncodingMarks() {
   }
 }
 
+// The input panel's words for the active model: digits for the book's models, images else.
+function setInputText(name) {
+  const [c, h, w] = imageShape(name);
+  const digits = isDigitModel(name);
+  $("input-title").textContent = digits ? "Draw a digit" : "Draw or drop an image";
+  $("seen-size").textContent = `${w}×${h}${c === 3 ? " RGB" : ""}, preprocessed`;
+  $("seen").alt = `the ${w} by ${h} ${c === 3 ? "colour " : ""}image the model sees`;
+}
+
+// A latent vector in full up to 16 numbers; longer ones shortened (all of it in the title).
+function showVector(el, v) {
+  el.textContent = v.length <= 16 ? fmtVec(v, 3) : fmtZ(v, 3);
+  el.title = v.length <= 16 ? "" : fmtVec(v, 3);
+}
+
 function showResult(json) {
   $("result").hidden = false;
-  $("seen").src = `data:image/png;base64,${json.input}`;
-  $("recon").src = `data:image/png;base64,${json.images[0]}`;
+  const model = json.model || state.model;
+  setAspect($("seen"), model).src = `data:image/png;base64,${json.input}`;
+  setAspect($("recon"), model).src = `data:image/png;base64,${json.images[0]}`;
+  setAspect($("errmap"), model);
   $("mse").textContent = `MSE ${json.mse.toFixed(4)}`;
   const vae = Boolean(json.mu);
   $("mu-label").textContent = vae ? "μ" : "z";
-  $("mu").textContent = fmtVec(vae ? json.mu : json.z[0], 3);
+  showVector($("mu"), vae ? json.mu : json.z[0]);
   $("sigma-label").hidden = !vae;
   $("sigma").hidden = !vae;
-  if (vae) $("sigma").textContent = fmtVec(json.log_var.map((v) => Math.exp(0.5 * v)), 3);
+  if (vae) showVector($("sigma"), json.log_var.map((v) => Math.exp(0.5 * v)));
   $("result-note").textContent = vae
     ? "The encoder gives a distribution, N(μ, σ²); the reconstruction is decoded from μ."
     : "A plain autoencoder maps the image to one point z, with no uncertainty.";
@@ -1267,6 +1465,8 @@ function buildModelSwitch(list) {
     const label = document.createElement("label");
     label.htmlFor = input.id;
     label.textContent = modelLabel(info.name);
+    const [c, h, w] = imageShape(info.name);
+    label.title = `${info.kind.toUpperCase()} · ${c === 3 ? "RGB" : "grayscale"} ${w}×${h} · z_dim ${info.z_dim}`;
     box.append(input, label);
     input.addEventListener("change", () => switchModel(info.name));
   }
@@ -1305,6 +1505,10 @@ async function start() {
   }
   state.models = list.models;
   state.model = list.default;
+  if (!state.models.some((m) => isDigitModel(m.name))) {
+    $("tagline").textContent = "Variational autoencoders and plain autoencoders served by this " +
+      "service: draw or drop an image, see where each model puts it in its latent space.";
+  }
   buildModelSwitch(list);
   if (!comparePair()) {
     const radio = $("view-compare");
