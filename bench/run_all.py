@@ -4,7 +4,9 @@
     python -m bench.run_all --quick      # seconds-long smoke run into a scratch folder
 
 Steps (each also runs alone, see its --help): compute.py (the in-process floor), http_load.py
-(the service and the eager-PyTorch peer over loopback), profile_service.py (py-spy split of a
+(the service and the eager-PyTorch peer over loopback), peers/compare.py (the service beside
+BentoML, default and tuned, and the eager-PyTorch peer), curves.py (cost against images per
+request and against concurrency, plotted into curves.png), profile_service.py (py-spy split of a
 request's CPU), memory.py, training_speed.py, and a before/after: the same HTTP cases against
 the service as it was before the performance work (commit BEFORE, extracted with git archive)
 and against today's service with one worker. Results: bench/results/*.json, summary.json.
@@ -21,8 +23,17 @@ import sys
 import time
 from pathlib import Path
 
-from bench import compute, decoder_forms, http_load, memory, profile_service, training_speed
+from bench import (
+    compute,
+    curves,
+    decoder_forms,
+    http_load,
+    memory,
+    profile_service,
+    training_speed,
+)
 from bench.common import CACHE, RESULTS, ROOT, machine, warn_if_busy, write_result
+from bench.peers import compare as peers
 
 # The service before this benchmark suite's changes (issue #6): 1 process, thread-pool
 # handlers, onnxruntime's default threads with spinning, Pillow's PNG encoder.
@@ -71,6 +82,23 @@ def run(quick: bool, out_dir: Path | None, before: str | None, training: bool) -
     results["decoder_forms"] = decoder_forms.run(seconds, out_dir)
     print("== HTTP", flush=True)
     results["http"] = http_load.run(duration, warmup, out_dir=out_dir)
+    print("== peers: BentoML and eager PyTorch, same run, same client", flush=True)
+    # --quick (the test suite's smoke run) never installs BentoML; it runs where set up
+    results["peers"] = peers.run(
+        duration,
+        warmup,
+        bentoml=[peers.CANDIDATES[0]] if quick else None,
+        install=not quick,
+        out_dir=out_dir,
+    )
+    print("== cost curves: images per request, concurrency", flush=True)
+    results["curves"] = curves.run(
+        duration,
+        warmup,
+        sizes=[1, 16] if quick else None,
+        concurrency=[1, 32] if quick else None,
+        out_dir=out_dir,
+    )
     print("== profile", flush=True)
     results["profile"] = profile_service.run(
         seconds=2.0 if quick else 6.0, out_dir=out_dir, rate=100 if quick else 200
@@ -124,8 +152,11 @@ def summary_quiet(results: dict) -> bool:
     """No step saw other work at its start, and no load run shared the CPUs with others."""
     rows = [
         row
-        for name in ("http", "before", "one_worker")
+        for name in ("http", "before", "one_worker", "peers")
         for row in results.get(name, {}).get("results", [])
+    ]
+    rows += [
+        row for key in ("sizes", "concurrency") for row in results.get("curves", {}).get(key, [])
     ]
     steps_quiet = all(r.get("quiet_machine", True) for r in results.values() if isinstance(r, dict))
     return steps_quiet and all(row["other_cpu_share"] <= OTHERS_MAX for row in rows)
@@ -151,7 +182,6 @@ def summarize(results: dict) -> dict:
     best16 = max(decoder16, key=lambda r: r["images_per_s"])
     s1, s32 = http_row(h, "sample_png", 1), http_row(h, "sample_png", 32)
     e32 = http_row(h, "encode", 32)
-    b32 = http_row(h, "baseline_sample_png", 32)
     targets = []
 
     def target(name: str, measured: str, holds: bool, detail: str) -> None:
@@ -183,14 +213,9 @@ def summarize(results: dict) -> dict:
             f"server CPU {e32['server_cpu_ms_per_request']:.3f} ms/request, client (wrk) "
             f"{100 * e32['client_cpu_share']:.0f}% of the cores",
         )
-    if s32 and b32:
-        ratio = s32["rps"] / b32["rps"]
-        target(
-            f">= 3x the eager-PyTorch baseline on /sample?n={SAMPLE_N} at concurrency 32",
-            f"{s32['rps']:,.0f} vs {b32['rps']:,.0f} requests/s: {ratio:.1f}x",
-            ratio >= 3,
-            "bench/baseline_torch_app.py: the same weights, FastAPI + torch eager + Pillow",
-        )
+    # Issue #17: against BentoML at its best settings (bench/peers/compare.py); the eager-PyTorch
+    # peer's ratio is reported beside it (the peers table), no longer a target.
+    targets += results.get("peers", {}).get("targets", [])
     growth = m["growth_first_10k_mb"]
     target(
         "RSS growth under 20 MB over 10,000 mixed requests",
@@ -361,6 +386,10 @@ def markdown(run_data: dict, command: str) -> str:
             rows,
         )
     )
+    if "peers" in r:
+        parts.append(peers_markdown(r["peers"]))
+    if "curves" in r:
+        parts.append(curves_markdown(r["curves"]))
     # profile
     for prof in p["profiles"]:
         rows = [
@@ -472,6 +501,139 @@ def markdown(run_data: dict, command: str) -> str:
     return "\n\n".join(parts)
 
 
+def peers_markdown(data: dict) -> str:
+    """bench/peers/compare.py's run: every server's rows, the service's ratio beside each."""
+    ratio = {(x["peer"], x["case"], x["concurrency"]): x["ratio"] for x in data["ratios"]}
+    best = data.get("bentoml_best", {})
+    rows = []
+    for x in data["results"]:
+        name = x["server"].removeprefix("bentoml-")
+        if x["server"] == peers.SERVICE_LABEL:
+            server = "the service (`python -m service`, its defaults)"
+        elif x["server"] == peers.TORCH_LABEL:
+            server = "eager PyTorch (bench/baseline_torch_app.py)"
+        else:
+            tag = " (**best**)" if best.get(x["case"]) == name else ""
+            server = f"BentoML `{name}`{tag}"
+        key = (x["server"], x["case"], x["concurrency"])
+        kind = "bentoml" if x["server"].startswith("bentoml-") else x["server"]
+        rows.append(
+            [
+                server,
+                f"`{data['requests'][kind][x['case']]}`",
+                x["concurrency"],
+                f"{x['rps']:,.0f}",
+                f"{x['p50_ms']:.2f}",
+                f"{x['p99_ms']:.2f}",
+                f"{x['server_cpu_ms_per_request']:.3f}",
+                f"{ratio[key]:.2f}x" if key in ratio else "",
+                sum(x["errors"].values()),
+            ]
+        )
+    settings = data.get("bentoml_settings", {})
+    notes = (
+        [
+            "BentoML's settings: "
+            + "; ".join(f"`{name}`: {text}" for name, text in settings.items())
+            + "."
+        ]
+        if settings
+        else []
+    )
+    if data.get("bentoml_skipped"):
+        notes.append(f"BentoML was skipped: {data['bentoml_skipped']}.")
+    for name, why in data.get("bentoml_failed", {}).items():
+        notes.append(f"BentoML `{name}` failed: {why}.")
+    version = data.get("bentoml_version")
+    differ = data.get("payloads_differ")
+    checked = f"DIFFER: {', '.join(differ)}" if differ else "the same"
+    return (
+        "### The service beside BentoML and eager PyTorch (bench/peers/compare.py)\n\n"
+        f"One server at a time, same machine, same run, wrk as for the service, "
+        f"{data['duration_s']:.0f} s per row. BentoML {version or ''} serves the same ONNX "
+        "files through bench/peers/bentoml_service.py (a `@bentoml.service` class, the "
+        "service's own numpy for the grid and the upload's preparation; its environment is "
+        ".venv-bentoml/); its payloads were checked against the service's before the load "
+        f"({checked}). "
+        "The best BentoML settings per request are the tuned ones with the most requests/s at "
+        "the highest concurrency. Ratio: the service's requests/s over the row's.\n\n"
+        + _table(
+            [
+                "server",
+                "request",
+                "conc.",
+                "req/s",
+                "p50 ms",
+                "p99 ms",
+                "server CPU ms/req",
+                "service / this",
+                "errors",
+            ],
+            rows,
+        )
+        + "\n\n"
+        + " ".join(notes)
+    )
+
+
+def curves_markdown(data: dict) -> str:
+    """bench/curves.py's run: cost per image against N, req/s against concurrency, the plot."""
+    rows = [
+        [
+            "GET /sample?n=N" if x["kind"] == "sample" else "POST /encode/batch (N PNGs)",
+            x["images"],
+            f"{x['rps']:,.1f}",
+            f"{x['images_per_s']:,.0f}",
+            f"{x['server_cpu_ms_per_image']:.3f}",
+            f"{x['p50_ms']:.1f}",
+            f"{x['p99_ms']:.1f}",
+            f"{100 * x['server_cpu_share']:.0f}%",
+        ]
+        for x in data["sizes"]
+    ]
+    sizes = _table(
+        [
+            "request",
+            "N",
+            "req/s",
+            "images/s",
+            "server CPU ms/image",
+            "p50 ms",
+            "p99 ms",
+            "server CPU",
+        ],
+        rows,
+    )
+    rows = [
+        [
+            x["concurrency"],
+            f"{x['rps']:,.0f}",
+            f"{x['images_per_s']:,.0f}",
+            f"{x['p50_ms']:.2f}",
+            f"{x['p99_ms']:.2f}",
+            f"{100 * x['server_cpu_share']:.0f}%",
+        ]
+        for x in data["concurrency"]
+    ]
+    conc = _table(["conc.", "req/s", "images/s", "p50 ms", "p99 ms", "server CPU"], rows)
+    sat = data.get("saturation")
+    where = (
+        f" Requests/s reach {100 * curves.SATURATION_SHARE:.0f}% of their best "
+        f"({sat['best_rps']:,.0f}) at concurrency {sat['concurrency']}, with the server using "
+        f"{100 * sat['server_cpu_share']:.0f}% of the CPUs: past that, more connections only "
+        "queue."
+        if sat
+        else ""
+    )
+    plot = f"\n\n![cost curves](bench/results/{data['plot']})" if data.get("plot") else ""
+    return (
+        "### How cost grows (bench/curves.py)\n\n"
+        f"One service, {data['duration_s']:.0f} s per point. Images per request, at "
+        f"concurrency {data['size_concurrency']}:\n\n{sizes}\n\n"
+        f"GET /sample?n={SAMPLE_N} against the number of connections:{where}\n\n{conc}{plot}"
+    )
+
+
 def load_results(folder: Path) -> dict:
     """A run's data as `run` returns it, read back from its JSON files."""
     import json
@@ -485,6 +647,8 @@ def load_results(folder: Path) -> dict:
         "training": "training",
         "before": "http_before",
         "one_worker": "http_one_worker",
+        "peers": "peers",
+        "curves": "curves",
     }
     results = {
         key: json.loads((folder / f"{name}.json").read_text())

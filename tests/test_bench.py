@@ -75,11 +75,12 @@ def test_a_quick_run_of_every_benchmark_has_no_errors(tmp_path: Path, monkeypatc
     data = run_all.run(quick=True, out_dir=tmp_path, before=None, training=False)
     summary = data["summary"]
     assert summary["errors"] == 0
-    for name in ("compute", "http", "profile", "memory", "summary"):
+    for name in ("compute", "http", "peers", "curves", "profile", "memory", "summary"):
         assert (tmp_path / f"{name}.json").is_file(), name
     http = data["results"]["http"]
     assert {r["name"] for r in http["results"]} >= {"healthz", "encode", "baseline_sample_png"}
     assert all(r["rps"] > 0 for r in http["results"])
-    assert len(summary["targets"]) == 5
+    # 4 of the service's own, then BentoML's (bench/peers/compare.py) where it is set up
+    assert len(summary["targets"]) == 4 + len(data["results"]["peers"]["targets"])
     text = run_all.markdown(data, "pytest")
     assert "### Targets" in text and "/encode" in text and "| graph | batch |" in text

@@ -1,0 +1,460 @@
+"""The service beside other serving stacks, same models, same machine, same run, same client.
+
+    python -m bench.peers.compare                       # service, BentoML default + best, torch
+    python -m bench.peers.compare --duration 2 --bentoml default w2_ort1 batching --no-torch
+
+One server at a time on a loopback port, started and stopped here, driven by wrk
+(bench/loadgen.py) at concurrency 1 and 32 on the two requests every peer answers:
+
+  sample  the service's GET /sample?n=16 (one PNG grid of 16 digits from z ~ N(0, I));
+          BentoML's POST /sample {"n": 16} (its APIs are POST only); the eager-PyTorch peer's
+          GET /sample?n=16
+  encode  POST /encode, one 28x28 PNG as multipart field "file" (the same bytes to every
+          server): the service and BentoML (the PyTorch peer has no /encode)
+
+Peers: BentoML 1.4 (bench/peers/bentoml_service.py, in its own environment .venv-bentoml/,
+set up on first use; skipped with the reason where that fails) at its default settings and at
+the candidates for its best settings (BENTOML_CONFIGS, CANDIDATES: the best of them per
+request is the one the targets compare with), and the eager-PyTorch peer
+(bench/baseline_torch_app.py). Before any load, each peer's payloads are checked against the
+service's: the same seed gives a PNG of the same size and the same pixels (to one level), the
+same upload the same mu and log_var (to 1e-4). Per server, case and concurrency: requests/s,
+p50/p99, server CPU; then the service's ratio to each peer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from bench import http_load
+from bench.common import (
+    CACHE,
+    Server,
+    baseline_run,
+    baseline_server,
+    digit_pngs,
+    model_dir,
+    service_server,
+    warn_if_busy,
+    write_result,
+)
+from bench.loadgen import LoadResult, Request, multipart
+from bench.peers import bentoml_env
+
+CONCURRENCY = (1, 32)
+SAMPLE_N = http_load.SAMPLE_N
+SERVICE_LABEL = "service"
+TORCH_LABEL = "eager-pytorch"
+# BentoML's settings, as environment variables bench/peers/bentoml_service.py reads (its
+# docstring). "default": nothing set, BentoML's defaults (1 worker, 1 thread for sync APIs, an
+# access log line per request) and onnxruntime's (a thread per core, spinning).
+BENTOML_CONFIGS: dict[str, dict[str, str]] = {
+    "default": {},
+    "w2": {"VAE_BENTO_WORKERS": "2"},
+    "w2_ort1": {"VAE_BENTO_WORKERS": "2", "VAE_BENTO_ORT_THREADS": "1"},
+    "w2_ort1_nolog": {
+        "VAE_BENTO_WORKERS": "2",
+        "VAE_BENTO_ORT_THREADS": "1",
+        "VAE_BENTO_ACCESS_LOG": "0",
+    },
+    "w2_ort1_nolog_nometrics": {
+        "VAE_BENTO_WORKERS": "2",
+        "VAE_BENTO_ORT_THREADS": "1",
+        "VAE_BENTO_ACCESS_LOG": "0",
+        "VAE_BENTO_METRICS": "0",
+    },
+    "w2_t4_ort1_nolog": {
+        "VAE_BENTO_WORKERS": "2",
+        "VAE_BENTO_THREADS": "4",
+        "VAE_BENTO_ORT_THREADS": "1",
+        "VAE_BENTO_ACCESS_LOG": "0",
+    },
+    "w2_ort1_nolog_async": {
+        "VAE_BENTO_WORKERS": "2",
+        "VAE_BENTO_ORT_THREADS": "1",
+        "VAE_BENTO_ACCESS_LOG": "0",
+        "VAE_BENTO_ASYNC": "1",
+    },
+    "w1_ort2_nolog": {"VAE_BENTO_ORT_THREADS": "2", "VAE_BENTO_ACCESS_LOG": "0"},
+    # adaptive batching: 2 front workers (32 threads each, so requests wait in the batcher,
+    # not in the thread pool) in front of 1 model worker with batchable APIs
+    "batching": {
+        "VAE_BENTO_WORKERS": "2",
+        "VAE_BENTO_THREADS": "32",
+        "VAE_BENTO_ORT_THREADS": "1",
+        "VAE_BENTO_ACCESS_LOG": "0",
+        "VAE_BENTO_BATCHING": "1",
+        "VAE_BENTO_MODEL_WORKERS": "1",
+        "VAE_BENTO_RUNNER_MAX_REQUESTS": "100000000",
+    },
+}
+# The settings `make bench` runs besides the defaults: the candidates for BentoML's best on a
+# 2-core machine, from short development runs on 2026-12-02 (on a machine shared with a
+# training run: good for ranking by server CPU per request, not for absolute figures). Workers
+# = cores and one onnxruntime thread each cut BentoML's CPU per /sample?n=16 about in half
+# against its defaults (one worker, a spinning thread per core); no access log and `async def`
+# APIs (no thread-pool hop) each cut roughly another 10-30% (noisy figures); adaptive batching
+# (a second Service, called over loopback) cost more CPU per request than it saved here. The
+# best is chosen per request in each run, as the candidate with the most requests/s at
+# concurrency 32, and the targets are against that one.
+CANDIDATES = ("w2_ort1_nolog_async", "w2_ort1_nolog", "batching")
+DEFAULT_RUN = ("default", *CANDIDATES)
+BENTOML_TARGET_RATIO = 2.0
+
+
+def descriptions() -> dict[str, str]:
+    return {
+        "sample": f"/sample, n={SAMPLE_N} (one PNG grid)",
+        "encode": "POST /encode (one 28x28 PNG, multipart)",
+    }
+
+
+def requests(png: bytes) -> dict[str, dict[str, Request]]:
+    """Per kind of server, the request of each case."""
+    body, ctype = multipart([("digit.png", png)], "file")
+    encode = Request("/encode", "POST", body, ctype)
+    sample_json = json.dumps({"n": SAMPLE_N}).encode()
+    return {
+        SERVICE_LABEL: {"sample": Request(f"/sample?n={SAMPLE_N}"), "encode": encode},
+        "bentoml": {
+            "sample": Request("/sample", "POST", sample_json, "application/json"),
+            "encode": encode,
+        },
+        TORCH_LABEL: {"sample": Request(f"/sample?n={SAMPLE_N}")},
+    }
+
+
+def bentoml_server(cli: Path, models: Path, config: dict[str, str], log: Path) -> Server:
+    """`bentoml serve` of bench/peers/bentoml_service.py over `models`/vae, from the root."""
+    knobs = {key: "" for settings in BENTOML_CONFIGS.values() for key in settings}
+    env = {
+        **knobs,  # unset, whatever this process's environment says: only `config` counts
+        "VAE_BENTO_MODEL_DIR": str(models / "vae"),
+        "BENTOML_HOME": str(CACHE / "bentoml-home"),
+        "BENTOML_DO_NOT_TRACK": "True",
+        "PYTHONUNBUFFERED": "1",
+        **config,
+    }
+    argv = [str(cli), "serve", "bench.peers.bentoml_service:VaePeer"]
+    argv += ["--host", "127.0.0.1", "--port", "{port}"]
+    return Server(argv, env=env, ready_path="/readyz", log=log, name="bentoml")
+
+
+# --- payloads ---------------------------------------------------------------------------------
+
+
+def _call(url: str, req: Request) -> bytes:
+    headers = {"Content-Type": req.content_type} if req.content_type else {}
+    r = urllib.request.Request(url + req.path, data=req.body, headers=headers, method=req.method)
+    with urllib.request.urlopen(r, timeout=30) as response:
+        return response.read()
+
+
+def seeded(req: Request, seed: int) -> Request:
+    """The sample request with a seed: `&seed=` on a query, `"seed"` in a JSON body."""
+    if req.body is None:
+        return Request(f"{req.path}&seed={seed}")
+    body = {**json.loads(req.body), "seed": seed}
+    return Request(req.path, req.method, json.dumps(body).encode(), req.content_type)
+
+
+def payloads(url: str, reqs: dict[str, Request], seed: int = 0) -> dict:
+    """What a server answers: the seeded sample grid's pixels, the encoding."""
+    out: dict = {}
+    png = _call(url, seeded(reqs["sample"], seed))
+    out["sample"] = np.asarray(Image.open(io.BytesIO(png)))
+    if "encode" in reqs:
+        out["encode"] = json.loads(_call(url, reqs["encode"]))
+    return out
+
+
+def compare_payloads(reference: dict, peer: dict, pixels: bool = True) -> dict:
+    """The peer's payloads against the service's; `same` is False where they differ. `pixels`
+    False: the grid's size only (a peer that draws z with another generator)."""
+    a, b = reference["sample"], peer["sample"]
+    check: dict = {"sample_shape": list(b.shape), "service_sample_shape": list(a.shape)}
+    same = a.shape == b.shape
+    if same and pixels:
+        check["sample_max_pixel_diff"] = int(np.abs(a.astype(int) - b.astype(int)).max())
+        same = check["sample_max_pixel_diff"] <= 1
+    if "encode" in peer:
+        ours, theirs = reference["encode"], peer["encode"]
+        keys = ("mu", "log_var")
+        if all(len(ours[k]) == len(theirs.get(k, ())) for k in keys):
+            diffs = [abs(x - y) for k in keys for x, y in zip(ours[k], theirs[k], strict=True)]
+            check["encode_max_abs_diff"] = max(diffs)
+            same = same and check["encode_max_abs_diff"] <= 1e-4
+        else:
+            check["encode_keys"] = sorted(theirs)
+            same = False
+    check["same"] = same
+    return check
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def measure_server(
+    server: Server,
+    label: str,
+    reqs: dict[str, Request],
+    concurrency: list[int],
+    duration: float,
+    warmup: float,
+) -> list[dict]:
+    rows = []
+    for case, req in reqs.items():
+        results: list[LoadResult] = http_load.measure(
+            server.url, server.pid, f"{label}:{case}", req, concurrency, duration, warmup
+        )
+        rows += [{**r.as_dict(), "server": label, "case": case} for r in results]
+    return rows
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    """The service's requests/s over each peer's, and both p99s, per case and concurrency."""
+    mine = {(r["case"], r["concurrency"]): r for r in rows if r["server"] == SERVICE_LABEL}
+    out = []
+    for r in rows:
+        ours = mine.get((r["case"], r["concurrency"]))
+        if r["server"] == SERVICE_LABEL or ours is None or not r["rps"]:
+            continue
+        out.append(
+            {
+                "peer": r["server"],
+                "case": r["case"],
+                "concurrency": r["concurrency"],
+                "service_rps": ours["rps"],
+                "peer_rps": r["rps"],
+                "ratio": round(ours["rps"] / r["rps"], 2),
+                "service_p99_ms": ours["p99_ms"],
+                "peer_p99_ms": r["p99_ms"],
+                "service_cpu_ms_per_request": ours["server_cpu_ms_per_request"],
+                "peer_cpu_ms_per_request": r["server_cpu_ms_per_request"],
+            }
+        )
+    return out
+
+
+def best_configs(rows: list[dict]) -> dict[str, str]:
+    """Per case, the BentoML settings (not the defaults, where others ran) with the most
+    requests/s at the highest concurrency measured."""
+    top = max((r["concurrency"] for r in rows), default=0)
+    bento = [r for r in rows if r["server"].startswith("bentoml-") and r["concurrency"] == top]
+    tuned = [r for r in bento if r["server"] != "bentoml-default"] or bento
+    best: dict[str, str] = {}
+    for case in dict.fromkeys(r["case"] for r in tuned):
+        fastest = max((r for r in tuned if r["case"] == case), key=lambda r: r["rps"])
+        best[case] = fastest["server"].removeprefix("bentoml-")
+    return best
+
+
+def targets(data: dict) -> list[dict]:
+    """Issue #17's targets against BentoML at its best settings (none where it was skipped)."""
+    out = []
+    p99_rows = []
+    for case, name in data.get("bentoml_best", {}).items():
+        rows = [r for r in data["ratios"] if r["peer"] == f"bentoml-{name}" and r["case"] == case]
+        at32 = next((r for r in rows if r["concurrency"] == 32), None)
+        p99_rows += [r for r in rows if r["concurrency"] in (1, 32)]
+        if at32:
+            out.append(
+                {
+                    "target": f">= {BENTOML_TARGET_RATIO:g}x BentoML (best settings) on "
+                    f"{descriptions()[case]} at concurrency 32",
+                    "measured": f"{at32['service_rps']:,.0f} vs {at32['peer_rps']:,.0f} "
+                    f"requests/s: {at32['ratio']:.1f}x",
+                    "holds": at32["ratio"] >= BENTOML_TARGET_RATIO,
+                    "detail": f"BentoML {data.get('bentoml_version')} at {name}: "
+                    f"{settings_text(BENTOML_CONFIGS[name])}",
+                }
+            )
+    if p99_rows:
+        worse = [r for r in p99_rows if r["service_p99_ms"] >= r["peer_p99_ms"]]
+        out.append(
+            {
+                "target": "lower p99 than BentoML (best settings) at concurrency 1 and 32, "
+                "both requests",
+                "measured": "; ".join(
+                    f"{r['case']} c={r['concurrency']}: {r['service_p99_ms']:.1f} vs "
+                    f"{r['peer_p99_ms']:.1f} ms"
+                    for r in p99_rows
+                ),
+                "holds": not worse,
+                "detail": "p99 from wrk, same run, against the best settings of each request",
+            }
+        )
+    return out
+
+
+def settings_text(config: dict[str, str]) -> str:
+    """BENTOML_CONFIGS' environment as BentoML's and onnxruntime's own words."""
+    if not config:
+        return "BentoML's and onnxruntime's defaults"
+    words = {
+        "VAE_BENTO_WORKERS": "workers={}",
+        "VAE_BENTO_THREADS": "threads={}",
+        "VAE_BENTO_ORT_THREADS": "onnxruntime intra_op_num_threads={}",
+        "VAE_BENTO_ACCESS_LOG": "access log {}",
+        "VAE_BENTO_METRICS": "metrics {}",
+        "VAE_BENTO_BATCHING": "adaptive batching {}",
+        "VAE_BENTO_ASYNC": "async APIs {}",
+        "VAE_BENTO_MODEL_WORKERS": "model Service workers={}",
+        "VAE_BENTO_RUNNER_MAX_REQUESTS": "runner_connection.max_requests={}",
+    }
+    out = []
+    for key, value in config.items():
+        if key in (
+            "VAE_BENTO_ACCESS_LOG",
+            "VAE_BENTO_METRICS",
+            "VAE_BENTO_BATCHING",
+            "VAE_BENTO_ASYNC",
+        ):
+            value = "on" if value == "1" else "off"
+        out.append(words.get(key, key + "={}").format(value))
+    return ", ".join(out)
+
+
+def run(
+    duration: float = 5.0,
+    warmup: float = 1.0,
+    bentoml: list[str] | None = None,
+    torch: bool = True,
+    concurrency: list[int] | None = None,
+    install: bool = True,
+    out_dir: Path | None = None,
+    out_name: str = "peers",
+) -> dict:
+    quiet = warn_if_busy()
+    concurrency = concurrency or list(CONCURRENCY)
+    configs = list(DEFAULT_RUN if bentoml is None else bentoml)
+    models, models_note = model_dir()
+    png = digit_pngs(1)[0]
+    reqs = requests(png)
+    logs = CACHE / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    checks: dict[str, dict] = {}
+    with service_server(models, log=logs / "service.log") as server:
+        reference = payloads(server.url, reqs[SERVICE_LABEL])
+        rows += measure_server(
+            server, SERVICE_LABEL, reqs[SERVICE_LABEL], concurrency, duration, warmup
+        )
+    skipped = None
+    cli = None
+    if configs:
+        if install:
+            cli, skipped = bentoml_env.ensure()
+        elif bentoml_env.ready():
+            cli = bentoml_env.bentoml_cli()
+        else:
+            skipped = "its environment is not set up (python -m bench.peers.bentoml_env)"
+    if skipped:
+        print(f"BentoML skipped: {skipped}", file=sys.stderr)
+    failed: dict[str, str] = {}
+    for name in configs:
+        if cli is None:
+            break
+        label = f"bentoml-{name}"
+        config = BENTOML_CONFIGS[name]
+        print(f"-- {label}: {settings_text(config)}", flush=True)
+        try:
+            with bentoml_server(cli, models, config, logs / f"{label}.log") as peer:
+                checks[label] = compare_payloads(reference, payloads(peer.url, reqs["bentoml"]))
+                rows += measure_server(peer, label, reqs["bentoml"], concurrency, duration, warmup)
+        except (RuntimeError, OSError) as exc:  # ServerNotReady, an error status, wrk failing
+            failed[name] = str(exc).strip().splitlines()[0][:300]
+            print(f"{label} failed: {failed[name]}", file=sys.stderr)
+    torch_note = None
+    if torch:
+        run_dir = baseline_run()
+        torch_note = f"{run_dir}/checkpoint.pt" if run_dir else "untrained full-size VAE"
+        with baseline_server(run_dir, log=logs / "baseline.log") as peer:
+            # torch's generator, not numpy's: other z for the same seed, so the size only
+            checks[TORCH_LABEL] = compare_payloads(
+                reference, payloads(peer.url, reqs[TORCH_LABEL]), pixels=False
+            )
+            rows += measure_server(
+                peer, TORCH_LABEL, reqs[TORCH_LABEL], concurrency, duration, warmup
+            )
+    errors = sum(sum(r["errors"].values()) for r in rows)
+    data: dict = {
+        "quiet_machine": quiet,
+        "models": models_note,
+        "duration_s": duration,
+        "concurrency": concurrency,
+        "descriptions": descriptions(),
+        "requests": {
+            kind: {case: f"{r.method} {r.path}" for case, r in by_case.items()}
+            for kind, by_case in reqs.items()
+        },
+        "bentoml_version": bentoml_env.version() if cli else None,
+        "bentoml_skipped": skipped,
+        "bentoml_failed": failed,
+        "bentoml_configs": configs if cli else [],
+        "bentoml_best": best_configs(rows),
+        "bentoml_settings": {
+            name: settings_text(BENTOML_CONFIGS[name]) for name in (configs if cli else [])
+        },
+        "torch_weights": torch_note,
+        "payload_checks": checks,
+        "results": rows,
+        "ratios": ratios(rows),
+        "errors": errors,
+    }
+    data["targets"] = targets(data)
+    data["payloads_differ"] = [label for label, c in checks.items() if not c["same"]]
+    write_result(out_name, data, out_dir)
+    for r in data["ratios"]:
+        print(
+            f"service / {r['peer']:<24} {r['case']:<7} c={r['concurrency']:<3} "
+            f"{r['ratio']:5.2f}x  p99 {r['service_p99_ms']:7.2f} vs {r['peer_p99_ms']:7.2f} ms"
+        )
+    if data["payloads_differ"]:
+        print(f"payloads differ from the service's: {checks}", file=sys.stderr)
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    p.add_argument("--warmup", type=float, default=1.0, help="unrecorded seconds per case")
+    p.add_argument(
+        "--bentoml",
+        nargs="*",
+        choices=list(BENTOML_CONFIGS),
+        default=None,
+        help=f"BentoML settings to run (default: {' '.join(DEFAULT_RUN)}; none: skip BentoML)",
+    )
+    p.add_argument("--no-torch", action="store_true", help="skip the eager-PyTorch peer")
+    p.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
+    p.add_argument("--out", default="peers", help="results file name (bench/results/NAME.json)")
+    p.add_argument("--out-dir", type=Path, default=None, help="results folder")
+    args = p.parse_args(argv)
+    started = time.perf_counter()
+    data = run(
+        args.duration,
+        args.warmup,
+        args.bentoml,
+        not args.no_torch,
+        args.concurrency,
+        out_dir=args.out_dir,
+        out_name=args.out,
+    )
+    print(f"peers: {time.perf_counter() - started:.0f}s", file=sys.stderr)
+    if data["payloads_differ"] or data["errors"] or data["bentoml_failed"]:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
