@@ -59,7 +59,7 @@ def export_tiny_model(
     from training.model import build_model
 
     torch.manual_seed(0)
-    arch = {
+    arch: Architecture = {
         **TINY_ARCH,
         "decoder_conv_t_filters": [*TINY_ARCH["decoder_conv_t_filters"][:-1], shape[0]],
     }

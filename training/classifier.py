@@ -1,12 +1,15 @@
-"""A small digit classifier that judges generated samples, the way generative models are judged.
+"""A small classifier that judges generated samples, the way generative models are judged.
 
-It reads decoded samples and reports how confidently and how evenly they look like digits; its
-penultimate features give a Frechet distance between samples and real images.
+It reads decoded samples and reports how confidently and how evenly they look like the classes
+of the model's own data (the digits by default; e.g. Fashion-MNIST's ten kinds of clothes);
+its penultimate features give a Frechet distance between samples and real images. Data
+without labels (or with a single one) has no judge.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import sys
 from pathlib import Path
 
@@ -43,27 +46,54 @@ def judge_epochs(train_images: int) -> int:
     return min(JUDGE_EPOCHS, max(JUDGE_MIN_EPOCHS, scaled))
 
 
+class _PoolFlatten(nn.Module):
+    """Average-pool the feature map to 7x7 (what 28x28 images give: there it changes
+    nothing), then flatten: one head size for images of any size. No weights, so the judge's
+    state dict, and the judges cached before it, are what they were."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (7, 7):
+            x = F.adaptive_avg_pool2d(x, (7, 7))
+        return torch.flatten(x, 1)
+
+
 class DigitClassifier(nn.Module):
-    def __init__(self) -> None:
+    """The judge: two conv layers and a 128-feature layer; by default MNIST's (1 channel,
+    10 classes), else `channels` (1 or 3) and `classes` of the model's data, any size."""
+
+    def __init__(self, channels: int = 1, classes: int = 10) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Dropout(0.25),
+            _PoolFlatten(), nn.Dropout(0.25),
             nn.Linear(64 * 7 * 7, FEATURE_DIM), nn.ReLU(),
         )  # fmt: skip
-        self.head = nn.Sequential(nn.Dropout(0.25), nn.Linear(FEATURE_DIM, 10))
+        self.head = nn.Sequential(nn.Dropout(0.25), nn.Linear(FEATURE_DIM, classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
 
+def _judge_for(digits: Digits) -> DigitClassifier:
+    return DigitClassifier(digits.shape[0], digits.label_count)
+
+
 def judge_cache_path(cache_dir: Path, digits: Digits, epochs: int, seed: int) -> Path:
     """Where the judge for this data, epoch count and seed is kept: keyed by a hash of the
-    training images themselves, so a different data set never reuses a stale judge."""
+    training images themselves, so a different data set never reuses a stale judge. Judges
+    of other data than 1x28x28 digits also key (and name) their dataset, shape and label
+    count; digit judges keep the keys they always had."""
+    assert digits.labels is not None, "a judge needs labels"
     key = hashlib.sha256(digits.images.tobytes() + digits.labels.tobytes())
     key.update(f"{epochs}:{seed}:{JUDGE_VERSION}".encode())
-    return cache_dir / f"judge-{key.hexdigest()[:16]}.pt"
+    if digits.digits and digits.shape == (1, 28, 28) and digits.label_count == 10:
+        return cache_dir / f"judge-{key.hexdigest()[:16]}.pt"
+    dataset = (digits.provenance or {}).get("name") or digits.source
+    shape = "x".join(map(str, digits.shape))
+    key.update(f":{dataset}:{shape}:{digits.label_count}".encode())
+    slug = "".join(ch if ch.isalnum() else "-" for ch in dataset.lower()).strip("-")[:40]
+    return cache_dir / f"judge-{slug}-{shape}-{key.hexdigest()[:16]}.pt"
 
 
 def load_or_train_classifier(
@@ -72,7 +102,7 @@ def load_or_train_classifier(
     """The judge from `cache_dir` if it was trained before, else trained now (and cached)."""
     path = judge_cache_path(cache_dir, digits, epochs, seed) if cache_dir else None
     if path is not None and path.exists():
-        model = DigitClassifier()
+        model = _judge_for(digits)
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.eval()
     model = train_classifier(digits, epochs=epochs, seed=seed, progress=progress)
@@ -94,9 +124,11 @@ def train_classifier(
     at probability >= 0.9: the judge's own ceiling. The earlier recipe (12 epochs, shifts only)
     reached 97.6% and 91%: an under-confident judge understates every model's samples.
     """
+    if digits.labels is None:
+        raise ValueError(f"{digits.source}: no labels, so no judge")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    model = DigitClassifier()
+    model = _judge_for(digits)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     images, labels = torch.from_numpy(digits.images), torch.from_numpy(digits.labels)
     model.train()
@@ -117,11 +149,13 @@ def train_classifier(
 
 @torch.no_grad()
 def predict(model: DigitClassifier, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities (N, 10) and penultimate features (N, 128) for images in [0, 1]."""
+    """Class probabilities (N, classes) and penultimate features (N, 128) for images in
+    [0, 1]: 1,000 at a time (fewer of large images, about 4 M pixels)."""
     model.eval()
     probs, feats = [], []
-    for start in range(0, len(images), 1000):
-        x = torch.from_numpy(np.ascontiguousarray(images[start : start + 1000], np.float32))
+    chunk = max(1, min(1000, 2**22 // max(1, math.prod(images.shape[1:]))))
+    for start in range(0, len(images), chunk):
+        x = torch.from_numpy(np.ascontiguousarray(images[start : start + chunk], np.float32))
         features = model.features(x)
         probs.append(F.softmax(model.head(features), dim=1).numpy())
         feats.append(features.numpy())
@@ -147,12 +181,14 @@ def sample_quality(
     reference_features: np.ndarray,
     confidence: float = 0.9,
 ) -> dict[str, float | list[float]]:
-    """Confident share, class balance and Frechet distance of decoded samples."""
+    """Confident share, class balance (entropy normalised by log(classes)) and Frechet
+    distance of decoded samples."""
     probs, features = predict(classifier, samples)
+    classes = probs.shape[1]
     predicted = probs.argmax(1)
-    shares = np.bincount(predicted, minlength=10) / len(predicted)
+    shares = np.bincount(predicted, minlength=classes) / len(predicted)
     nonzero = shares[shares > 0]
-    entropy = float(-(nonzero * np.log(nonzero)).sum() / np.log(10))
+    entropy = float(-(nonzero * np.log(nonzero)).sum() / np.log(classes))
     return {
         "count": len(samples),
         "confident_share": float((probs.max(1) >= confidence).mean()),

@@ -89,7 +89,8 @@ class TrainConfig:
     preparation: Preparation | None = None
     limit: int | None = None
     # Images held out for validation (the last of the data's order); None: 500 of the
-    # default subset, 5,000 of the MNIST training files (the usual 55,000/5,000 split).
+    # default subset, 5,000 of the MNIST training files (the usual 55,000/5,000 split), a
+    # tenth of a folder's or .npz file's images (at least 2, at most 5,000: data.validation_size).
     val_size: int | None = None
     # Augmentation (all 0 = off): random shifts of up to this many pixels; with rotation or
     # scale set, one random affine map per image (bilinear) rotating up to +-augment_rotation

@@ -1,10 +1,12 @@
 """`vae-evaluate`: judge an exported model folder the way the book's notebooks do.
 
 Runs the exported ONNX graphs (what the service ships), not the PyTorch weights, on a held-out
-set: reconstruction MSE, KL, latent statistics; how well the latent space separates the digits
+set (the test split of the run's IDX files when there is one, else the run's validation split):
+reconstruction MSE, KL, latent statistics; how well the latent space separates the labels
 (`latent_knn5_accuracy`: a 5-nearest-neighbour classifier on the test encodings, fit on half
-of the test set and scored on the other half); sample quality read by a digit classifier; and
-the figures. Results go to `evaluation.json` and into `metadata.json`.
+of the test set and scored on the other half); sample quality read by a classifier trained on
+the model's own training images (digits, or whatever labels the data has; none without
+labels); and the figures. Results go to `evaluation.json` and into `metadata.json`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 
 from training.classifier import judge_epochs
 from training.config import TrainConfig
-from training.data import Digits, load_mnist_dir, load_training_data, split_train_val
+from training.data import Digits, load_run_data, load_test_data, split_run_data
 from training.export import read_metadata, write_metadata
 
 CONFIDENCE = 0.9
@@ -99,10 +101,22 @@ class OnnxModel:
 
 
 def evaluation_sets(config: TrainConfig, data_dir: str | None) -> tuple[Digits, Digits]:
-    """(the run's training split, the images to evaluate on): the test split of `data_dir` if
-    given, else the run's own validation split. The run's data is read once."""
-    train, val = split_train_val(load_training_data(config.data_dir, config.limit), config.held_out)
-    return train, (load_mnist_dir(data_dir, "test") if data_dir is not None else val)
+    """(the run's training split, the images to evaluate on): the test split (t10k-* IDX files)
+    of `data_dir` if given, else of the run's own IDX folder if it has one, else the run's own
+    validation split (the default subset, image folders, .npz files), in the model's shape.
+    The run's data is read once."""
+    train, val = split_run_data(config, load_run_data(config))
+    test = load_test_data(config, data_dir)
+    return train, (val if test is None else test)
+
+
+def judge_skipped(train: Digits, test: Digits) -> str | None:
+    """Why the data gets no judge of sample quality, or None when it gets one."""
+    if train.labels is None or test.labels is None:
+        return f"no judge of sample quality: {train.source} has no labels"
+    if train.label_count < 2:
+        return f"no judge of sample quality: {train.source} has a single label"
+    return None
 
 
 def evaluate(
@@ -121,8 +135,6 @@ def evaluate(
 
     `classifier_epochs` None: judge_epochs() of the training set (40 on the default 4,500
     images, proportionally fewer on more)."""
-    from training.classifier import load_or_train_classifier, predict, sample_quality
-
     started = time.perf_counter()
     model = OnnxModel(model_dir)
     config = TrainConfig.from_dict((model.metadata.training or {})["config"])
@@ -138,13 +150,71 @@ def evaluate(
         "reconstruction_mse_per_pixel": mse,
         "latent_mean": z_mean.mean(0).round(4).tolist(),
         "latent_std": z_mean.std(0).round(4).tolist(),
-        f"latent_knn{KNN_NEIGHBOURS}_accuracy": knn_accuracy(z_mean, test.labels),
     }
+    notes: list[str] = []
+    if test.labels is not None and len(test) >= 2 * KNN_NEIGHBOURS:
+        result[f"latent_knn{KNN_NEIGHBOURS}_accuracy"] = knn_accuracy(z_mean, test.labels)
+    else:
+        notes.append(
+            f"no latent {KNN_NEIGHBOURS}-NN accuracy: "
+            + ("the images have no labels" if test.labels is None else f"{len(test)} images")
+        )
     if model.kind == "vae":
         mu, log_var = encoded["mu"], encoded["log_var"]
         kl = -0.5 * np.sum(1 + log_var - mu**2 - np.exp(log_var), axis=1)
         result["kl_per_image"] = float(kl.mean())
+    rng = np.random.default_rng(seed)
+    normal_z = rng.standard_normal((samples, model.z_dim)).astype(np.float32)
+    skipped = judge_skipped(train, test)
+    if skipped is None:
+        _judge(result, model, train, test, z_mean, normal_z, rng, classifier_epochs, seed,
+               judge_cache, progress)  # fmt: skip
+    else:
+        print(f"judge: {skipped}", file=sys.stderr)
+        result["classifier"] = None
+        notes.append(skipped)
+    # The OOD sets and the upload preparation they go through are 28x28 digits' own.
+    digits = test.digits and test.shape == (1, 28, 28)
+    if likelihood:  # log p(x), typicality, OOD sets: training/ood.py
+        from training.ood import evaluate_likelihood
 
+        result["likelihood"] = evaluate_likelihood(
+            model_dir, test.images, seed, progress, **(likelihood_options or {}), digits=digits
+        )
+    if notes:
+        result["notes"] = notes
+    result["seconds"] = round(time.perf_counter() - started, 1)
+
+    if figures:
+        result["figures"] = draw_figures(
+            model, model_dir, test, z_mean, recon, normal_z, test.label_names
+        )
+    (model_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+    metadata = read_metadata(model_dir)
+    metadata.evaluation = result
+    metadata.figures = sorted(set(metadata.figures) | set(result.get("figures", [])))
+    write_metadata(model_dir, metadata)
+    return result
+
+
+def _judge(
+    result: dict,
+    model: OnnxModel,
+    train: Digits,
+    test: Digits,
+    z_mean: np.ndarray,
+    normal_z: np.ndarray,
+    rng: np.random.Generator,
+    classifier_epochs: int | None,
+    seed: int,
+    judge_cache: Path | None,
+    progress: bool,
+) -> None:
+    """Sample quality read by a classifier trained on the run's training split: into
+    `result` as "classifier", "samples_normal" (and "samples_box" for the AE)."""
+    from training.classifier import load_or_train_classifier, predict, sample_quality
+
+    assert test.labels is not None
     epochs_given = classifier_epochs is not None
     if classifier_epochs is None:
         classifier_epochs = judge_epochs(len(train))
@@ -165,31 +235,15 @@ def evaluate(
         # The same confidence bar applied to real test digits: the ceiling for samples.
         "test_confident_share": float((test_probs.max(1) >= CONFIDENCE).mean()),
     }
-    rng = np.random.default_rng(seed)
-    normal_z = rng.standard_normal((samples, model.z_dim)).astype(np.float32)
+    if not train.digits:  # the digits' judge has the ten it always had
+        result["classifier"]["classes"] = train.label_count
     result["samples_normal"] = sample_quality(classifier, model.decode(normal_z), test_features)
     if model.kind == "ae":
         # The book samples the AE uniformly over the box its encodings occupy.
         low, high = z_mean.min(0), z_mean.max(0)
-        box_z = rng.uniform(low, high, (samples, model.z_dim)).astype(np.float32)
+        box_z = rng.uniform(low, high, (len(normal_z), model.z_dim)).astype(np.float32)
         result["samples_box"] = sample_quality(classifier, model.decode(box_z), test_features)
         result["samples_box"]["box"] = [low.round(3).tolist(), high.round(3).tolist()]
-    if likelihood:  # log p(x), typicality, OOD sets: training/ood.py
-        from training.ood import evaluate_likelihood
-
-        result["likelihood"] = evaluate_likelihood(
-            model_dir, test.images, seed, progress, **(likelihood_options or {})
-        )
-    result["seconds"] = round(time.perf_counter() - started, 1)
-
-    if figures:
-        result["figures"] = draw_figures(model, model_dir, test, z_mean, recon, normal_z)
-    (model_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
-    metadata = read_metadata(model_dir)
-    metadata.evaluation = result
-    metadata.figures = sorted(set(metadata.figures) | set(result.get("figures", [])))
-    write_metadata(model_dir, metadata)
-    return result
 
 
 def draw_figures(
@@ -199,43 +253,58 @@ def draw_figures(
     z_mean: np.ndarray,
     recon: np.ndarray,
     normal_z: np.ndarray,
+    label_names: list[str] | None = None,
 ) -> list[str]:
     from training import figures
 
     name = model.kind.upper()
     decode: Callable[[np.ndarray], np.ndarray] = model.decode
+    digits = test.digits  # digits drawn dark on white, as the book draws them
     figures.plot_reconstructions(
         test.images[:10],
         recon[:10],
         out_dir / "reconstructions.png",
         f"{name}: originals (top) and reconstructions (bottom), {test.source}",
+        digits=digits,
     )
     figures.plot_latent_scatter(
         z_mean[:5000],
-        test.labels[:5000],
+        None if test.labels is None else test.labels[:5000],
         out_dir / "latent_scatter.png",
-        f"{name} latent space of held-out digits",
+        f"{name} latent space of held-out {'digits' if digits else 'images'}",
+        label_names=label_names,
     )
     figures.plot_samples(
-        decode, normal_z[:100], out_dir / "samples.png", f"{name}: decoded z ~ N(0, I)"
+        decode,
+        normal_z[:100],
+        out_dir / "samples.png",
+        f"{name}: decoded z ~ N(0, I)",
+        digits=digits,
     )
     names = ["reconstructions.png", "latent_scatter.png", "samples.png"]
     if model.z_dim == 2:
         figures.plot_manifold(
-            decode, out_dir / "manifold.png", f"{name}: z on a grid of normal quantiles"
+            decode,
+            out_dir / "manifold.png",
+            f"{name}: z on a grid of normal quantiles",
+            digits=digits,
         )
         names.append("manifold.png")
     return names
 
 
 def summary_line(name: str, result: dict) -> str:
-    samples = result["samples_normal"]
+    samples = result.get("samples_normal")  # None: no judge (the data has no labels)
     knn = result.get(f"latent_knn{KNN_NEIGHBOURS}_accuracy")  # None in evaluations before it
     line = (
         f"{name}: MSE/pixel {result['reconstruction_mse_per_pixel']:.4f}"
         + (f", KL {result['kl_per_image']:.2f}" if "kl_per_image" in result else "")
         + (f"; latent {KNN_NEIGHBOURS}-NN accuracy {knn:.1%}" if knn is not None else "")
-        + f"; N(0,I) samples: {samples['confident_share']:.1%} confident, "
+    )
+    if samples is None:
+        return line + "".join(f"; {note}" for note in result.get("notes", []))
+    line += (
+        f"; N(0,I) samples: {samples['confident_share']:.1%} confident, "
         f"class entropy {samples['class_entropy']:.3f}, "
         f"smallest class {samples['min_class_share']:.1%}, FD {samples['frechet_distance']:.1f}"
     )
@@ -248,7 +317,8 @@ def summary_line(name: str, result: dict) -> str:
     judge = result["classifier"]
     return line + (
         f" (judge: test accuracy {judge['test_accuracy']:.2%}, "
-        f"{judge['test_confident_share']:.1%} of real test digits confident)"
+        f"{judge['test_confident_share']:.1%} of real test "
+        f"{'images' if 'classes' in judge else 'digits'} confident)"
     )
 
 
@@ -256,15 +326,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="vae-evaluate",
         description="Evaluate an exported model folder: reconstruction, KL, latent statistics, "
-        "sample quality read by a digit classifier, and the book's figures.",
+        "sample quality read by a classifier of the model's own data (digits by default), "
+        "and the book's figures.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("model_dir", type=Path, help="an exported model folder (models/NAME)")
     p.add_argument(
         "--data-dir",
         default=None,
-        help="folder with the MNIST test IDX files (t10k-*); default: the model's own "
-        "validation split",
+        help="folder with the test IDX files (t10k-*, MNIST's names); default: those of the "
+        "run's own --data-dir if it has them, else the run's validation split",
     )
     p.add_argument(
         "--classifier-epochs",

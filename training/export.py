@@ -15,6 +15,7 @@ import copy
 import datetime as dt
 import hashlib
 import json
+import math
 import platform
 import sys
 import tempfile
@@ -53,23 +54,35 @@ RGB_CONVENTION = {
     "description": "RGB, each channel 0 (dark) to 1 (full intensity)",
 }
 GRAY_CONVENTION = {**RGB_CONVENTION, "description": "grayscale, 0 = black, 1 = white"}
+# IDX image sets other than digits (Fashion-MNIST): MNIST's light-on-dark convention, which the
+# service's `fit` preparation honours by inverting uploads with a light background.
+IDX_CONVENTION = {
+    **PIXEL_CONVENTION,
+    "description": "grayscale, 0 = background (black), 1 = full intensity (white), as the "
+    "MNIST-format IDX files it was trained on",
+}
 
 
-def resolve_preparation(config: TrainConfig) -> str:
-    """The upload preparation a run's export declares (TrainConfig.preparation, or its default:
-    'digit' for 1-channel 28x28 IDX or default data, 'fit' otherwise)."""
+def resolve_preparation(config: TrainConfig, digits: bool | None = None) -> str:
+    """The upload preparation a run's export declares: TrainConfig.preparation, or by default
+    'digit' for MNIST-style digits (`digits`: the loaded data says; None: 1-channel 28x28 IDX
+    or default data) and 'fit' for anything else (Fashion-MNIST's garments fill the frame)."""
     if config.preparation is not None:
         return config.preparation
+    if digits is not None:
+        return "digit" if digits else "fit"
     digit_like = config.images_dir is None and config.npz is None
     return "digit" if digit_like and config.model.input_shape == (1, 28, 28) else "fit"
 
 
-def pixel_spec(config: TrainConfig) -> dict[str, Any]:
+def pixel_spec(config: TrainConfig, digits: bool | None = None) -> dict[str, Any]:
     """metadata.json's `input`: shape, pixel convention and upload preparation."""
     channels, height, width = config.model.input_shape
-    preparation = resolve_preparation(config)
+    preparation = resolve_preparation(config, digits)
     if preparation == "digit":
         convention = PIXEL_CONVENTION
+    elif channels == 1 and config.data_dir is not None:
+        convention = IDX_CONVENTION
     else:
         convention = RGB_CONVENTION if channels == 3 else GRAY_CONVENTION
     return {"shape": [channels, height, width], **convention, "preparation": preparation}
@@ -213,11 +226,14 @@ def export_model(
     name: str | None = None,
     training_summary: dict | None = None,
     latent_points: dict | None = None,
+    label_names: list[str] | None = None,
+    digits: bool | None = None,
 ) -> ModelMetadata:
     """Export `model` (an Autoencoder or VariationalAutoencoder) into `out_dir`.
 
     Writes encoder.onnx, decoder.onnx and metadata.json (plus latent_points.json when given:
-    {"z": [[...], ...], "labels": [...]}). Nothing is written to `out_dir` unless onnxruntime
+    {"z": [[...], ...], "labels": [...]}, and `plane` for z_dim > 2; `label_names` name the
+    labels in the metadata). Nothing is written to `out_dir` unless onnxruntime
     matches PyTorch within 1e-4 on `parity_images` at batch 1 and at their full batch.
     Returns the metadata.
     """
@@ -251,7 +267,7 @@ def export_model(
         "version": f"{name or out_dir.name}-{now:%Y%m%d}-{graphs_sha[:8]}",
         "created": now.isoformat(timespec="seconds"),
         "z_dim": config.model.z_dim,
-        "input": pixel_spec(config),
+        "input": pixel_spec(config, digits),
         "encoder": {
             "file": ENCODER_FILE,
             "sha256": encoder_sha,
@@ -271,6 +287,8 @@ def export_model(
         "latent_points": None,
         "figures": [],
     }
+    if label_names is not None:
+        fields["label_names"] = list(label_names)
     if latent_points is not None:
         (out_dir / LATENT_POINTS_FILE).write_text(json.dumps(latent_points, separators=(",", ":")))
         fields["latent_points"] = LATENT_POINTS_FILE
@@ -289,7 +307,8 @@ def read_metadata(model_dir: Path) -> ModelMetadata:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.data import load_training_data, split_train_val
+    from service.inference.latent import principal_plane
+    from training.data import DataError, load_run_data, split_run_data
     from training.figures import plot_training_curves
     from training.train import BEST_CHECKPOINT, CHECKPOINT, METRICS, load_trained_model
 
@@ -316,8 +335,28 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"vae-export: {exc}", file=sys.stderr)
         return 2
-    data = load_training_data(config.data_dir, config.limit)
-    train_set, val_set = split_train_val(data, config.held_out)
+    try:
+        data = load_run_data(config)
+    except DataError as exc:
+        print(f"vae-export: the run's data: {exc}", file=sys.stderr)
+        return 2
+    if data.shape != config.model.input_shape:
+        print(
+            f"vae-export: the run's model takes {config.model.input_shape} images, its data "
+            f"({data.source}) now gives {data.shape}",
+            file=sys.stderr,
+        )
+        return 2
+    recorded = args.run_dir / "data.json"  # what the run trained on (train.DATA)
+    if recorded.exists() and data.provenance is not None:
+        trained_on = json.loads(recorded.read_text()) or {}
+        if "sha256" in trained_on and trained_on["sha256"] != data.provenance.get("sha256"):
+            print(
+                f"vae-export: warning: {data.source} is not what the run trained on (its files "
+                "changed since): the validation split and latent points are of today's files",
+                file=sys.stderr,
+            )
+    train_set, val_set = split_run_data(config, data)
     metrics = [json.loads(line) for line in (args.run_dir / METRICS).read_text().splitlines()]
     summary = {
         "data": data.source,
@@ -335,14 +374,25 @@ def main(argv: list[str] | None = None) -> int:
         # The metrics of the exported epoch (the best one need not be the last).
         "final_metrics": metrics[epochs - 1] if len(metrics) >= epochs else {},
     }
+    # In chunks of about 4 M pixels (5,000 digits are one): 5,000 large RGB images at once
+    # would take gigabytes of activations.
+    chunk = max(1, 2**22 // math.prod(val_set.shape))
     with torch.no_grad():
-        z = model.encode_mean(torch.from_numpy(val_set.images))
-    points = {
-        # float64 before rounding, or the JSON carries float32 noise (0.6462000012397766).
-        "z": np.round(z.numpy().astype(np.float64), 4).tolist(),
-        "labels": val_set.labels.tolist(),
-        "source": val_set.source,
-    }
+        z = torch.cat(
+            [
+                model.encode_mean(torch.from_numpy(val_set.images[start : start + chunk]))
+                for start in range(0, len(val_set), chunk)
+            ]
+        )
+    # float64 before rounding, or the JSON carries float32 noise (0.6462000012397766).
+    z_points = np.round(z.numpy().astype(np.float64), 4)
+    points: dict[str, Any] = {"z": z_points.tolist()}
+    if val_set.labels is not None:  # images without labels: points without labels
+        points["labels"] = val_set.labels.tolist()
+    points["source"] = val_set.source
+    if config.model.z_dim > 2 and len(z_points) >= 2:
+        # The 2-D view of the points the explorer draws (service.inference.latent).
+        points["plane"] = principal_plane(z_points)
     try:
         metadata = export_model(
             model,
@@ -352,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
             name=args.name,
             training_summary=summary,
             latent_points=points,
+            label_names=data.label_names,
+            digits=data.digits,
         )
     except ParityError as exc:
         print(f"vae-export: refused: {exc}", file=sys.stderr)

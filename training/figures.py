@@ -12,27 +12,40 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.colors import ListedColormap
 from PIL import Image
 from scipy.stats import norm
 
 from training.model import Autoencoder, VariationalAutoencoder
 
-# A decoder as a plain function, z (N, z_dim) -> images (N, 1, H, W) in [0, 1], so figures can
+# A decoder as a plain function, z (N, z_dim) -> images (N, C, H, W) in [0, 1], so figures can
 # be drawn from the PyTorch model or from the exported ONNX graph alike.
 Decode = Callable[[np.ndarray], np.ndarray]
 
 
 def tile(images: np.ndarray, columns: int, gap: int = 2) -> np.ndarray:
-    """(N, 1, H, W) in [0, 1] -> one uint8 grid image, row-major, `gap` px between tiles."""
-    n, _, h, w = images.shape
+    """(N, C, H, W) in [0, 1] -> one uint8 grid image, row-major, `gap` px between tiles:
+    (rows, columns) for C = 1, (rows, columns, 3) for C = 3."""
+    n, channels, h, w = images.shape
     rows = -(-n // columns)
-    grid = np.zeros((rows * (h + gap) - gap, columns * (w + gap) - gap), dtype=np.uint8)
+    shape: tuple[int, ...] = (rows * (h + gap) - gap, columns * (w + gap) - gap)
+    grid = np.zeros(shape if channels == 1 else (*shape, channels), dtype=np.uint8)
     for i, image in enumerate(images):
         r, c = divmod(i, columns)
-        grid[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = np.round(
-            np.clip(image[0], 0, 1) * 255
+        pixels = np.round(np.clip(image, 0, 1) * 255)
+        grid[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = (
+            pixels[0] if channels == 1 else pixels.transpose(1, 2, 0)
         )
     return grid
+
+
+def _show(ax, image: np.ndarray, digits: bool) -> None:
+    """One (C, H, W) image in [0, 1]: RGB as it is; grayscale dark ink on white for digits
+    (the book's figures), else as it is (0 black, 1 white)."""
+    if image.shape[0] == 3:
+        ax.imshow(np.clip(image.transpose(1, 2, 0), 0, 1))
+    else:
+        ax.imshow(image[0], cmap="gray_r" if digits else "gray", vmin=0, vmax=1)
 
 
 def save_grid(images: np.ndarray, path: Path, columns: int, scale: int = 2) -> None:
@@ -65,12 +78,15 @@ def save_progress_figures(
     model.train(was_training)
 
 
-def plot_reconstructions(originals: np.ndarray, recons: np.ndarray, path: Path, title: str) -> None:
+def plot_reconstructions(
+    originals: np.ndarray, recons: np.ndarray, path: Path, title: str, digits: bool = True
+) -> None:
     n = len(originals)
-    fig, axes = plt.subplots(2, n, figsize=(n * 0.9, 2.2))
+    height, width = originals.shape[2:]
+    fig, axes = plt.subplots(2, n, figsize=(n * 0.9 * max(1.0, width / height), 2.2), squeeze=False)
     for i in range(n):
         for row, images in enumerate((originals, recons)):
-            axes[row, i].imshow(images[i, 0], cmap="gray_r", vmin=0, vmax=1)
+            _show(axes[row, i], images[i], digits)
             axes[row, i].axis("off")
     axes[0, 0].set_title("original", fontsize=8, loc="left")
     axes[1, 0].set_title("reconstruction", fontsize=8, loc="left")
@@ -80,15 +96,36 @@ def plot_reconstructions(originals: np.ndarray, recons: np.ndarray, path: Path, 
     plt.close(fig)
 
 
-def plot_latent_scatter(z: np.ndarray, labels: np.ndarray, path: Path, title: str) -> None:
-    """Held-out encodings coloured by digit (the first two latent dimensions)."""
+def plot_latent_scatter(
+    z: np.ndarray,
+    labels: np.ndarray | None,
+    path: Path,
+    title: str,
+    label_names: list[str] | None = None,
+) -> None:
+    """Held-out encodings coloured by label (digits: 0-9; `label_names` name them; None: one
+    colour), on the first two latent dimensions (z[0] alone against 0 for z_dim 1)."""
     fig, ax = plt.subplots(figsize=(7, 6))
-    points = ax.scatter(
-        z[:, 0], z[:, 1], c=labels, cmap="tab10", s=4, alpha=0.7, vmin=-0.5, vmax=9.5
-    )
-    fig.colorbar(points, ax=ax, ticks=range(10), label="digit")
+    y = z[:, 1] if z.shape[1] > 1 else np.zeros(len(z))
+    if labels is None:
+        ax.scatter(z[:, 0], y, s=4, alpha=0.7, color="#5b6670")
+    else:
+        count = len(label_names) if label_names else max(10, int(labels.max(initial=0)) + 1)
+        cmap: str | ListedColormap = "tab10"  # digits: the ten colours they always had
+        if label_names and count <= 20:  # one colour per named label
+            palette = plt.get_cmap("tab10" if count <= 10 else "tab20")
+            cmap = ListedColormap([palette(i) for i in range(count)])
+        elif count > 10:
+            cmap = "tab20" if count <= 20 else "viridis"
+        points = ax.scatter(
+            z[:, 0], y, c=labels, cmap=cmap, s=4, alpha=0.7, vmin=-0.5, vmax=count - 0.5
+        )
+        ticks = range(count) if count <= 20 else None
+        bar = fig.colorbar(points, ax=ax, ticks=ticks, label="label" if label_names else "digit")
+        if label_names and ticks is not None:
+            bar.ax.set_yticklabels(label_names)
     ax.set_xlabel("z[0]")
-    ax.set_ylabel("z[1]")
+    ax.set_ylabel("z[1]" if z.shape[1] > 1 else "")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -96,11 +133,20 @@ def plot_latent_scatter(z: np.ndarray, labels: np.ndarray, path: Path, title: st
     plt.close(fig)
 
 
-def plot_samples(decode: Decode, z: np.ndarray, path: Path, title: str) -> None:
+def _show_grid(ax, grid: np.ndarray, digits: bool) -> None:
+    if grid.ndim == 3:  # RGB
+        ax.imshow(grid)
+    else:
+        ax.imshow(grid, cmap="gray_r" if digits else "gray", vmin=0, vmax=255)
+
+
+def plot_samples(
+    decode: Decode, z: np.ndarray, path: Path, title: str, digits: bool = True
+) -> None:
     images = decode(z.astype(np.float32))
     columns = int(np.ceil(np.sqrt(len(images))))
     fig, ax = plt.subplots(figsize=(6, 6.4))
-    ax.imshow(tile(images, columns), cmap="gray_r", vmin=0, vmax=255)
+    _show_grid(ax, tile(images, columns), digits)
     ax.axis("off")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
@@ -114,10 +160,12 @@ def manifold_grid(size: int = 20) -> np.ndarray:
     return np.array([[x, y] for y in quantiles[::-1] for x in quantiles], dtype=np.float32)
 
 
-def plot_manifold(decode: Decode, path: Path, title: str, size: int = 20) -> None:
+def plot_manifold(
+    decode: Decode, path: Path, title: str, size: int = 20, digits: bool = True
+) -> None:
     images = decode(manifold_grid(size))
     fig, ax = plt.subplots(figsize=(8, 8.3))
-    ax.imshow(tile(images, size, gap=0), cmap="gray_r", vmin=0, vmax=255)
+    _show_grid(ax, tile(images, size, gap=0), digits)
     ax.axis("off")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()

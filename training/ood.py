@@ -20,6 +20,10 @@ Each set is scored twice: as the raw 28x28 arrays, and after the upload preparat
 service gives every upload (service/imaging/prepare.py: invert light backgrounds, crop, fit
 20x20, centre by mass), which can make a non-digit look more like a digit. The MNIST test
 digits are scored both ways too, as the in-distribution side of each AUROC.
+
+All of that is for digit models (1x28x28, MNIST or the default subset). A model of other
+images gets the mean log p(x) and the typical share of its own test images only: the sets and
+the digit preparation are skipped, and the report says so.
 """
 
 from __future__ import annotations
@@ -336,10 +340,12 @@ def likelihood_report(
     log_px_k: int = LOG_PX_K,
     log_px_images: int = LOG_PX_IMAGES,
     progress: bool = True,
+    digits: bool = True,
 ) -> dict:
     """The figures for evaluation.json: mean log p(x) (VAE), the share of test digits called
     typical, and the AUROC of the typicality score between the test digits and each OOD set,
-    raw and after the upload preparation. The model's metadata must hold `typicality`."""
+    raw and after the upload preparation. The model's metadata must hold `typicality`.
+    `digits` False (a model of other images): its test images, raw, under "test", no sets."""
     from service.inference.format import read_metadata
     from service.inference.registry import load_model
 
@@ -353,7 +359,9 @@ def likelihood_report(
         raise ValueError(
             f"{model_dir}: metadata.json has no typicality (python -m training.typicality)"
         )
-    test = np.asarray(test_images, np.float32).reshape(-1, SIZE, SIZE)
+    # Digits as (N, 28, 28), as the OOD sets are; other images in the model's (N, C, H, W).
+    shape = (SIZE, SIZE) if digits else model.input_shape
+    test = np.asarray(test_images, np.float32).reshape(-1, *shape)
     report: dict = {
         "score": reference.score,
         "k": reference.k,
@@ -365,6 +373,23 @@ def likelihood_report(
     if model.kind == "vae":
         say(f"mean log p(x), k={log_px_k}, {log_px_images or len(test)} test images")
         report["log_px"] = mean_log_px(model, test, log_px_k, log_px_images, seed)
+    if not digits:
+        say(f"scoring {len(test)} test images")
+        inside = _scores(model, test, reference, seed)
+        report["test"] = {
+            "count": len(test),
+            "raw": {
+                "typical_share": float((inside >= reference.threshold).mean()),
+                "mean_score": float(inside.mean()),
+            },
+        }
+        report["sets"] = {}
+        report["notes"].append(
+            "the OOD sets (letters, strokes, noise, photos, Fashion-MNIST) and the digit "
+            "upload preparation are made for 1x28x28 MNIST digit models: skipped for this "
+            f"model of {'x'.join(map(str, model.input_shape))} images that are not MNIST digits"
+        )
+        return report
     say(f"scoring {len(test)} test digits, raw and prepared")
     inside_raw = _scores(model, test, reference, seed)
     test_prepared, test_refused = prepared(test)
@@ -424,6 +449,8 @@ def _num(value: float | None) -> str:
 
 def markdown_table(report: dict) -> str:
     """The report as Markdown: the in-distribution line, then one row per OOD set."""
+    if "mnist_test" not in report:  # not a digit model: its own test images, no sets
+        return _test_only_table(report)
     mnist = report["mnist_test"]
     prepared_typical = mnist["prepared"].get("typical_share")
     score = report["score"] + (f" (k = {report['k']})" if report.get("k") else "")
@@ -461,6 +488,34 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _log_px_line(report: dict) -> list[str]:
+    if "log_px" not in report:
+        return []
+    lp = report["log_px"]
+    return [
+        "",
+        f"Mean log p(x) (k = {lp['k']}, {lp['subset']} of {lp['of']} test images): "
+        f"{lp['mean_log_px']:.2f} +- {lp['sem_log_px']:.2f} nats (ELBO {lp['mean_elbo']:.2f}; "
+        f"{lp['bits_per_dim']:.4f} bits/dim of a continuous density).",
+    ]
+
+
+def _test_only_table(report: dict) -> str:
+    """markdown_table of a report without OOD sets (a model of other images than digits)."""
+    test = report["test"]
+    score = report["score"] + (f" (k = {report['k']})" if report.get("k") else "")
+    lines = [
+        f"Score: {score}; typical: score >= {report['threshold']:.4g} (the "
+        f"{100 * report.get('threshold_quantile', 0.01):g}% quantile of the scores of "
+        f"{report['threshold_from']}).",
+        "",
+        f"Test images called typical: {_pct(test['raw']['typical_share'])} of {test['count']}.",
+        *_log_px_line(report),
+    ]
+    lines += [f"Note: {note}." for note in report.get("notes", [])]
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- vae-evaluate
 
 
@@ -472,10 +527,12 @@ def evaluate_likelihood(
     ood_count: int | None = None,
     log_px_k: int = LOG_PX_K,
     log_px_images: int = LOG_PX_IMAGES,
+    digits: bool = True,
 ) -> dict:
     """vae-evaluate's likelihood and typicality section. A folder without `typicality` in its
     metadata gets it first, from the run's validation split (as vae-export would have).
-    `ood_count` None: as many images per OOD set as there are test images, at most 1000."""
+    `ood_count` None: as many images per OOD set as there are test images, at most 1000.
+    `digits` False: no OOD sets (likelihood_report)."""
     from service.inference.format import read_metadata
     from training.typicality import add_typicality, validation_split
 
@@ -488,9 +545,9 @@ def evaluate_likelihood(
         print(f"ood: {added}", file=sys.stderr)
     if ood_count is None:
         ood_count = min(OOD_COUNT, len(test_images))
-    sets = build_sets(ood_count, seed)
+    sets = build_sets(ood_count, seed) if digits else {}
     report = likelihood_report(
-        model_dir, test_images, sets, seed, log_px_k, log_px_images, progress
+        model_dir, test_images, sets, seed, log_px_k, log_px_images, progress, digits=digits
     )
     if added:
         report["notes"].append(added)

