@@ -39,7 +39,9 @@ logger = logging.getLogger("service")
 
 DESCRIPTION = """
 Serves the convolutional VAE and plain AE of *Generative Deep Learning* (chapter 3), exported
-to ONNX, through onnxruntime: encode digit images, decode latent vectors, sample, reconstruct.
+to ONNX, through onnxruntime: encode images, decode latent vectors, sample, reconstruct. Each
+model has its own image shape (`GET /models`: 1-channel grayscale or 3-channel RGB, up to
+256x256, square or not) and latent size; images out are PNGs of that shape, grayscale or RGB.
 
 Images in: a multipart upload (field `file`, or `files` for a batch) or the raw bytes with an
 `image/*` Content-Type; PNG, JPEG, BMP, GIF, WebP or TIFF, detected from the bytes.

@@ -16,6 +16,14 @@ class InterpolationMethod(StrEnum):
     slerp = "slerp"
 
 
+class ManifoldPlane(StrEnum):
+    """Which plane of latent space GET /manifold spans: two latent dimensions (the book's), or
+    the principal plane of the model's latent points (z_dim > 2)."""
+
+    dims = "dims"
+    principal = "principal"
+
+
 LatentVector = Annotated[list[LatentValue], Field(min_length=1, max_length=MAX_LIST)]
 
 
@@ -58,25 +66,55 @@ class ManifoldResponse(BaseModel):
 
     model: str
     n: int
-    dims: list[int] = Field(description="[i, j]: z[i] varies along rows, z[j] down columns")
+    plane: Literal["dims", "principal"] = Field(
+        "dims",
+        description="dims: the grid varies two latent dimensions (`dims`), the others at "
+        "`base`; principal: it spans the principal plane of the model's latent points, "
+        "z = origin + u a1 + v a2 (`origin`, `axes`)",
+    )
+    dims: list[int] | None = Field(
+        description="plane dims: [i, j], z[i] varies along rows, z[j] down columns; principal: null"
+    )
     p: list[float] = Field(description="the n evenly spaced probabilities")
     axis: list[float] = Field(description="z = Phi^-1(p) at each probability, increasing")
     base: list[float] = Field(
-        description="`base` as given (zeros by default): the value of every dimension not in `dims`"
+        description="plane dims: `base` as given (zeros by default), the value of every "
+        "dimension not in `dims`; principal: the plane's origin (the grid's centre)"
+    )
+    # Left out of plane=dims answers (which stay as they were before planes).
+    origin: list[float] | None = Field(
+        None,
+        description="principal: the latent points' mean, z_dim numbers",
+        exclude_if=lambda value: value is None,
+    )
+    axes: list[list[float]] | None = Field(
+        None,
+        description="principal: [a1, a2], the points' two principal directions (unit)",
+        exclude_if=lambda value: value is None,
+    )
+    explained: list[float] | None = Field(
+        None,
+        description="principal: each axis' share of the points' variance",
+        exclude_if=lambda value: value is None,
     )
     z: list[list[list[float]]] = Field(
-        description="z[row][col]: z[dims[0]] = axis[col], z[dims[1]] = axis[n - 1 - row] (the "
-        "top row has the largest value, as in the book's figure)"
+        description="z[row][col]: plane dims: z[dims[0]] = axis[col], z[dims[1]] = "
+        "axis[n - 1 - row]; principal: origin + axis[col] a1 + axis[n - 1 - row] a2 (the top "
+        "row has the largest value, as in the book's figure)"
     )
-    images: list[str] = Field(description="one base64 PNG per cell, row-major")
-    note: str | None = None
+    images: list[str] = Field(
+        description="one base64 PNG per cell, row-major (grayscale or RGB, as the model)"
+    )
+    note: str | None = Field(
+        None, description="caveats: a plain AE's prior; for z_dim > 2, which plane is shown"
+    )
 
 
 class LikelihoodInfo(BaseModel):
     """The VAE's p(x|z), as it was trained (metadata training.config)."""
 
     name: Literal["gaussian", "bernoulli"]
-    dims: int = Field(description="D: pixel values per image")
+    dims: int = Field(description="D: pixel values per image, C x H x W")
     r_loss_factor: float | None = Field(None, description="the training loss's weight (mse)")
     sigma: float | None = Field(None, description="Gaussian sigma: 1 / (2 sigma^2) = r / D")
     assumed: bool = Field(description="true if the metadata did not say (the book's recipe)")
@@ -111,13 +149,21 @@ class ScoreResult(BaseModel):
 
     model: str
     kind: Literal["vae", "ae"]
-    input: str = Field(description="the preprocessed input the model saw, base64 PNG")
-    reconstruction: str = Field(description="decoded from mu (VAE) or z (AE), base64 PNG")
+    input: str = Field(
+        description="the preprocessed input the model saw, base64 PNG (grayscale or RGB, as "
+        "the model's channels)"
+    )
+    reconstruction: str = Field(
+        description="decoded from mu (VAE) or z (AE), base64 PNG (grayscale or RGB)"
+    )
     error_map: str = Field(
         description="base64 RGB PNG: brightness |reconstruction - input| (sqrt of the squared "
-        "error), red = input ink the reconstruction lacks, blue = ink it adds"
+        "error; RGB models: of its mean over the three channels), red = input ink the "
+        "reconstruction lacks (RGB: darker on average), blue = ink it adds (RGB: brighter)"
     )
-    mse: float = Field(description="per-pixel mean squared error, [0, 1] pixels")
+    mse: float = Field(
+        description="mean squared error over the C x H x W pixel values, [0, 1] pixels"
+    )
     reconstruction_log_likelihood: float | None = Field(
         None, description="VAE: E_q log p(x|z) in nats, estimated from the k samples"
     )
@@ -130,7 +176,8 @@ class ScoreResult(BaseModel):
     )
     bits_per_dim: float | None = Field(
         None,
-        description="VAE: -log_px / (D ln 2), of a continuous density (not comparable with "
+        description="VAE: -log_px / (D ln 2), D = C x H x W (likelihood.dims), of a "
+        "continuous density (not comparable with "
         "the bits/dim of discrete 8-bit models; can be negative)",
     )
     k: int | None = Field(None, description="VAE: posterior samples used")

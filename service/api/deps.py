@@ -63,3 +63,53 @@ def validation_error(loc: list[str | int], msg: str, kind: str = "value_error") 
 
 
 ModelDep = Annotated[Model, Depends(get_model)]
+
+
+# Per-model limits. A request's images are counted in pixel values (C * H * W each) with the
+# book's 1x28x28 digits as the unit, so digit models keep VAE_MAX_BATCH and the largest
+# answers they could always give, and a 3x256x256 model (250 digits' worth of values per
+# image) is held to about the same bytes instead of 250 times them.
+DIGIT_VALUES = 28 * 28
+# Values one image slot of VAE_MAX_BATCH may hold: 16 digits' worth (3x64x64 = 12288 fits).
+SLOT_VALUES = 16 * DIGIT_VALUES
+MAX_SCALE = 16  # ?scale= (params.ScaleQ)
+
+
+def max_images(model: Model, max_batch: int) -> int:
+    """Images (uploads, or vectors to decode) one request may bring or ask for with `model`:
+    VAE_MAX_BATCH, or fewer when its images hold more than SLOT_VALUES pixel values each
+    (VAE_MAX_BATCH * SLOT_VALUES values in all: 16 images of 3x256x256 at the default 256)."""
+    return max(1, min(max_batch, max_batch * SLOT_VALUES // model.image_values))
+
+
+def shape_text(model: Model) -> str:
+    channels, height, width = model.input_shape
+    return f"{channels}x{height}x{width} ({'RGB' if channels == 3 else 'grayscale'})"
+
+
+def check_image_count(model: Model, count: int, max_batch: int, loc: list[str | int]) -> None:
+    """A 422 when `count` images are more than `max_images` allows for this model."""
+    limit = max_images(model, max_batch)
+    if count > limit:
+        why = "" if limit == max_batch else f" of {shape_text(model)} pixels"
+        raise validation_error(
+            loc, f"at most {limit} images{why} per request for model {model.name!r}, got {count}"
+        )
+
+
+def check_picture_output(model: Model, images: int, scale: int, max_batch: int) -> None:
+    """A 422 when `images` decoded images at `scale` hold more pixel values than the largest
+    answer of a digit model (VAE_MAX_BATCH 28x28 images at the largest scale)."""
+    limit = max_batch * DIGIT_VALUES * MAX_SCALE**2
+    if images * model.image_values * scale * scale > limit:
+        raise validation_error(
+            ["query", "scale"],
+            f"{images} images of {shape_text(model)} pixels at scale {scale} exceed the "
+            f"{limit} pixel values one answer may hold: ask for fewer images or a smaller scale",
+        )
+
+
+def chunk_for(model: Model, chunk: int) -> int:
+    """Vectors per decoder call for `model`: `chunk`, or fewer when its images hold more than
+    SLOT_VALUES pixel values each (so one call's output stays about chunk x 16 digits)."""
+    return max(1, min(chunk, chunk * SLOT_VALUES // model.image_values))

@@ -3,7 +3,7 @@
 import numpy as np
 from fastapi import APIRouter
 
-from service.api.deps import ModelDep, SchedulerDep
+from service.api.deps import ModelDep, SchedulerDep, check_image_count
 from service.api.params import MANY_IMAGES_BODY, ONE_IMAGE_BODY, PreprocessQ, errors
 from service.api.scheduling import WorkSize, small_uploads
 from service.api.schemas import AeEncoding, BatchEncoding, Encoding, Preprocess, VaeEncoding
@@ -44,7 +44,8 @@ def router(settings: Settings) -> APIRouter:
         scheduler: SchedulerDep,
         preprocess: PreprocessQ = Preprocess.auto,
     ) -> Encoding:
-        """One image -> `mu` and `log_var` (VAE) or `z` (AE)."""
+        """One image (any size within VAE_MAX_PIXELS: it is prepared to the model's
+        C x H x W) -> `mu` and `log_var` (VAE) or `z` (AE), z_dim numbers each."""
         size = WorkSize(images=1, small=small_uploads([data]))
         items = await scheduler.run(size, encode_uploads, model, [data], preprocess, settings)
         return items[0]
@@ -54,7 +55,8 @@ def router(settings: Settings) -> APIRouter:
         response_model=BatchEncoding,
         summary="Encode several images in one inference",
         description=f"Up to {settings.max_batch} images in repeated field `files` -> one "
-        "/encode result per image, in order, from a single onnxruntime call.",
+        "/encode result per image, in order, from a single onnxruntime call. Models of more "
+        "than 16x28x28 pixel values per image take proportionally fewer.",
         openapi_extra=MANY_IMAGES_BODY,
         responses=errors(400, 404, 413, 415, 422),
     )
@@ -64,6 +66,7 @@ def router(settings: Settings) -> APIRouter:
         scheduler: SchedulerDep,
         preprocess: PreprocessQ = Preprocess.auto,
     ) -> BatchEncoding:
+        check_image_count(model, len(data), settings.max_batch, ["body", "files"])
         size = WorkSize(images=len(data), small=small_uploads(data))
         items = await scheduler.run(size, encode_uploads, model, data, preprocess, settings)
         return BatchEncoding(model=model.name, items=items)

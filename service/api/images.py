@@ -12,7 +12,13 @@ import numpy as np
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 
-from service.api.deps import ModelDep, SchedulerDep, validation_error
+from service.api.deps import (
+    ModelDep,
+    SchedulerDep,
+    check_image_count,
+    check_picture_output,
+    validation_error,
+)
 from service.api.params import (
     ONE_IMAGE_BODY,
     PNG_RESPONSE,
@@ -123,7 +129,10 @@ def router(settings: Settings) -> APIRouter:
         response_model=ImagesResponse,
         summary="Decode latent vectors to images",
         description=f"1..{max_batch} vectors of the model's z_dim finite numbers "
-        "(|value| <= 1e4) -> one image each.",
+        "(|value| <= 1e4) -> one image each, of the model's C x H x W (grayscale or RGB). "
+        "Models of more than 16x28x28 pixel values per image take proportionally fewer "
+        "vectors, and every answer holds at most as many pixel values as "
+        f"{max_batch} 28x28 images at scale 16.",
         responses={200: PNG_RESPONSE, **errors(404, 413, 422)},
     )
     async def decode(
@@ -142,8 +151,10 @@ def router(settings: Settings) -> APIRouter:
                     f"model {model.name!r} needs vectors of z_dim={model.z_dim} numbers, "
                     f"got {len(vector)}",
                 )
+        check_image_count(model, len(body.z), max_batch, ["body", "z"])
+        check_picture_output(model, len(body.z), scale, max_batch)
         z = np.asarray(body.z, dtype=np.float32)
-        size = WorkSize(images=len(z), small=small_output(len(z), scale))
+        size = WorkSize(images=len(z), small=small_output(len(z), scale, model.input_shape))
         return await scheduler.run(size, decode_vectors, model, z, format, scale)
 
     @api.get(
@@ -169,9 +180,13 @@ def router(settings: Settings) -> APIRouter:
         format: FormatQ = ImageFormat.png,
         scale: ScaleQ = 1,
     ) -> Any:
-        """z ~ N(0, temperature^2 I), decoded. For the plain AE this is not a prior it was
-        trained with: the response says so (`note`, header X-Note)."""
-        size = WorkSize(images=n, small=small_output(n, scale))
+        """z ~ N(0, temperature^2 I), decoded (grayscale or RGB images of the model's
+        H x W). For the plain AE this is not a prior it was trained with: the response says so
+        (`note`, header X-Note). Models of more than 16x28x28 pixel values per image take a
+        smaller `n` (see /decode)."""
+        check_image_count(model, n, max_batch, ["query", "n"])
+        check_picture_output(model, n, scale, max_batch)
+        size = WorkSize(images=n, small=small_output(n, scale, model.input_shape))
         return await scheduler.run(size, sample_prior, model, n, seed, temperature, format, scale)
 
     @api.post(
@@ -200,8 +215,10 @@ def router(settings: Settings) -> APIRouter:
                 ["query", "sample"],
                 f"model {model.name!r} is a plain autoencoder: it has no posterior to sample",
             )
+        check_picture_output(model, 1, scale, max_batch)
         # An encode and a decode: two images of work.
-        size = WorkSize(images=2, small=small_uploads([data]) and small_output(1, scale))
+        small = small_uploads([data]) and small_output(1, scale, model.input_shape)
+        size = WorkSize(images=2, small=small)
         return await scheduler.run(
             size, reconstruct_upload, model, data, preprocess, sample, seed, format, scale, settings
         )

@@ -24,24 +24,27 @@ from service.api.analysis_schemas import (
     InterpolateRequest,
     InterpolateResponse,
     InterpolationMethod,
+    ManifoldPlane,
     ManifoldResponse,
 )
-from service.api.deps import ModelDep, SchedulerDep, validation_error
+from service.api.deps import ModelDep, SchedulerDep, chunk_for, validation_error
 from service.api.params import FormatQ, PreprocessQ, ScaleQ, errors
 from service.api.scheduling import WorkSize, small_output, small_uploads
 from service.api.schemas import MAX_LIST, Z_LIMIT, ImageFormat, Preprocess
 from service.api.uploads import _file_bytes, _form, _has_no_body, _media_type, prepare
 from service.imaging import png
 from service.imaging.tiles import tiles_png
-from service.inference.latent import interpolate, manifold_grid
-from service.inference.model import Model
+from service.inference.latent import interpolate, manifold_grid, plane_grid
+from service.inference.model import LatentPlane, Model
 from service.process.settings import Settings
 
-# Largest picture (or all of a JSON answer's images together) in pixels: 4096 x 4096.
+# Largest picture (or all of a JSON answer's images together) in pixel values (C * H * W per
+# image): 4096 x 4096 grayscale.
 MAX_OUTPUT_PIXELS = 4096 * 4096
 MAX_STEPS = 64
 MAX_MANIFOLD_N = 30
-# Vectors per decoder call for a manifold (up to 30 x 30 = 900 of them).
+# Vectors per decoder call for a manifold (up to 30 x 30 = 900 of them; fewer for models of
+# big images: deps.chunk_for).
 DECODE_CHUNK = 256
 _BINARY = {"type": "string", "format": "binary"}
 INTERPOLATE_BODY: dict[str, Any] = {
@@ -63,13 +66,16 @@ INTERPOLATE_BODY: dict[str, Any] = {
 }
 STRIP_RESPONSE: dict[str, Any] = {
     "content": {"image/png": {"schema": _BINARY}},
-    "description": "?format=png: one 8-bit grayscale PNG strip, one cell per step in path "
-    "order (first = decode(start), last = decode(end)), 2 px gaps; ?format=json: the body below",
+    "description": "?format=png: one 8-bit PNG strip (grayscale for 1-channel models, RGB for "
+    "3-channel ones), one cell of the model's H x W per step in path order (first = "
+    "decode(start), last = decode(end)), 2 px gaps; ?format=json: the body below",
 }
 MANIFOLD_RESPONSE: dict[str, Any] = {
     "content": {"image/png": {"schema": _BINARY}},
-    "description": "?format=png: one 8-bit grayscale PNG, n x n cells with 2 px gaps (top row: "
-    "the largest z[j]; left column: the smallest z[i]); ?format=json: the body below",
+    "description": "?format=png: one 8-bit PNG (grayscale for 1-channel models, RGB for "
+    "3-channel ones), n x n cells of the model's H x W with 2 px gaps (top row: the largest "
+    "z[j], or v on the principal plane; left column: the smallest z[i], or u); header "
+    "X-Manifold-Plane: dims or principal; ?format=json: the body below",
 }
 Endpoints = InterpolateRequest | tuple[bytes, bytes]
 
@@ -126,12 +132,16 @@ async def read_endpoints(request: Request) -> Endpoints:
 EndpointsDep = Annotated[Endpoints, Depends(read_endpoints)]
 
 
-def check_output_size(images: int, size: int, scale: int) -> None:
-    if images * (size * scale) ** 2 > MAX_OUTPUT_PIXELS:
+def check_output_size(images: int, model: Model, scale: int, fewer: str = "") -> None:
+    """A 422 when `images` of the model's C x H x W at `scale` hold more than
+    MAX_OUTPUT_PIXELS pixel values."""
+    channels, height, width = model.input_shape
+    if images * channels * height * width * scale * scale > MAX_OUTPUT_PIXELS:
+        size = f"{height * scale}x{width * scale}" + (" RGB" if channels == 3 else "")
         raise validation_error(
             ["query", "scale"],
-            f"{images} images of {size * scale}x{size * scale} pixels exceed the "
-            f"{MAX_OUTPUT_PIXELS} pixels one answer may hold: use a smaller scale",
+            f"{images} images of {size} pixels exceed the {MAX_OUTPUT_PIXELS} pixel values "
+            f"one answer may hold: use a smaller scale{fewer}",
         )
 
 
@@ -144,9 +154,8 @@ def check_vector(model: Model, vector: list[float], loc: list[str | int]) -> Non
 
 
 def decode_chunks(model: Model, z: np.ndarray) -> np.ndarray:
-    return np.concatenate(
-        [model.decode_batch(z[i : i + DECODE_CHUNK]) for i in range(0, len(z), DECODE_CHUNK)]
-    )
+    chunk = chunk_for(model, DECODE_CHUNK)
+    return np.concatenate([model.decode_batch(z[i : i + chunk]) for i in range(0, len(z), chunk)])
 
 
 def _headers(model: Model, note: str | None) -> dict[str, str]:
@@ -193,6 +202,38 @@ def interpolate_path(
     return JSONResponse(body.model_dump(), headers=headers)
 
 
+def manifold_note(
+    model: Model, dims: tuple[int, int], base: np.ndarray | None, plane: LatentPlane | None
+) -> str | None:
+    """What the answer should say: a plain AE's missing prior; for z_dim > 2, which plane of
+    the latent space the grid shows."""
+    notes = []
+    if model.kind == "ae":
+        notes.append(
+            "plain autoencoder: it has no prior, so normal quantiles need not cover the "
+            "region its encoder uses"
+        )
+    if plane is not None:
+        first, second = plane.explained
+        notes.append(
+            f"z_dim {model.z_dim}: the grid spans the principal plane of the model's latent "
+            f"points, z = origin + u a1 + v a2 (a1, a2 explain {100 * first:.0f}% and "
+            f"{100 * second:.0f}% of their variance)"
+        )
+    elif model.z_dim > 2:
+        rest = "at base's values" if base is not None else "at 0"
+        hint = (
+            "; plane=principal spans the latent points' principal plane"
+            if model.plane is not None
+            else " (the model's latent points carry no principal plane)"
+        )
+        notes.append(
+            f"z_dim {model.z_dim}: the grid varies z[{dims[0]}] and z[{dims[1]}], the other "
+            f"{model.z_dim - 2} dimensions {rest}{hint}"
+        )
+    return "; ".join(notes) or None
+
+
 def decode_manifold(
     model: Model,
     n: int,
@@ -200,31 +241,41 @@ def decode_manifold(
     p_max: float,
     dims: tuple[int, int],
     base: np.ndarray | None,
+    plane: LatentPlane | None,
     fmt: ImageFormat,
     scale: int,
 ) -> Response:
-    grid, axis = manifold_grid(model.z_dim, n, p_min, p_max, dims, base)
+    if plane is None:
+        grid, axis = manifold_grid(model.z_dim, n, p_min, p_max, dims, base)
+    else:
+        grid, axis = plane_grid(np.asarray(plane.origin), np.asarray(plane.axes), n, p_min, p_max)
     pixels = model.to_unit_pixels(decode_chunks(model, grid.reshape(n * n, model.z_dim)))
-    note = None
-    if model.kind == "ae":
-        note = (
-            "plain autoencoder: it has no prior, so normal quantiles need not cover the "
-            "region its encoder uses"
-        )
+    note = manifold_note(model, dims, base, plane)
     headers = _headers(model, note)
+    headers["X-Manifold-Plane"] = "dims" if plane is None else "principal"
     if fmt is ImageFormat.png:
         return Response(tiles_png(pixels, n, scale), media_type="image/png", headers=headers)
-    base_values = np.zeros(model.z_dim) if base is None else np.asarray(base, np.float64)
+    if plane is None:
+        base_values = np.zeros(model.z_dim) if base is None else np.asarray(base, np.float64)
+        where: dict[str, Any] = {"plane": "dims", "dims": list(dims), "base": base_values.tolist()}
+    else:
+        where = {
+            "plane": "principal",
+            "dims": None,
+            "base": list(plane.origin),
+            "origin": list(plane.origin),
+            "axes": [list(axis) for axis in plane.axes],
+            "explained": list(plane.explained),
+        }
     body = ManifoldResponse(
         model=model.name,
         n=n,
-        dims=list(dims),
         p=np.linspace(p_min, p_max, n).tolist(),
         axis=axis.tolist(),
-        base=base_values.tolist(),
         z=grid.tolist(),
         images=png.pngs_base64(pixels, scale),
         note=note,
+        **where,
     )
     return JSONResponse(body.model_dump(), headers=headers)
 
@@ -263,6 +314,28 @@ MANIFOLDS = ResponseCache()
 
 def cached_manifold(key: tuple[Any, ...], *args: Any) -> Response:
     return MANIFOLDS.put(key, decode_manifold(*args))
+
+
+def choose_plane(
+    plane: ManifoldPlane, model: Model, dims: str | None, base: str | None
+) -> LatentPlane | None:
+    """The principal plane to span (plane=principal), or None for the book's grid over two
+    dimensions (plane=dims, the default)."""
+    if plane is ManifoldPlane.dims:
+        return None
+    if model.plane is None:
+        raise validation_error(
+            ["query", "plane"],
+            f"model {model.name!r} has no principal plane: its latent points "
+            f"({model.metadata.latent_points or 'none'}) carry none (models with z_dim > 2 "
+            "exported by vae-export do); use plane=dims",
+        )
+    for name, value in (("dims", dims), ("base", base)):
+        if value is not None:
+            raise validation_error(
+                ["query", name], f"{name} is for plane=dims; plane=principal fixes the plane"
+            )
+    return model.plane
 
 
 def parse_dims(text: str | None, model: Model) -> tuple[int, int]:
@@ -338,10 +411,10 @@ def router(settings: Settings) -> APIRouter:
         if isinstance(endpoints, InterpolateRequest):
             check_vector(model, endpoints.start, ["body", "start"])
             check_vector(model, endpoints.end, ["body", "end"])
-            small = small_output(steps, scale, model.image_size)
+            small = small_output(steps, scale, model.input_shape)
         else:
-            small = small_uploads(list(endpoints)) and small_output(steps, scale, model.image_size)
-        check_output_size(steps, model.image_size, scale)
+            small = small_uploads(list(endpoints)) and small_output(steps, scale, model.input_shape)
+        check_output_size(steps, model, scale, " or fewer steps")
         encodes = 0 if isinstance(endpoints, InterpolateRequest) else 2
         size = WorkSize(images=steps + encodes, small=small)
         return await scheduler.run(
@@ -363,7 +436,14 @@ def router(settings: Settings) -> APIRouter:
         summary="Decode the book's grid of normal quantiles",
         description="An n x n grid of z at z = Phi^-1(p), p evenly spaced from p_min to p_max, "
         "over two latent dimensions (`dims`, default 0,1); the others at 0 or at `base`'s "
-        "values. Each cell holds equal prior mass under N(0, I).",
+        "values. Each cell holds equal prior mass under N(0, I). Models with z_dim > 2: the "
+        "default is still that grid over z[0], z[1] with the other dimensions at 0 (the "
+        "answer's `note` and X-Note say so); `plane=principal` spans instead the principal "
+        "plane of the model's latent points (latent_points.json `plane`, written by "
+        "vae-export for z_dim > 2): z = origin + u a1 + v a2 with u, v the same quantiles, "
+        "`origin` the points' mean and a1, a2 their two principal directions (the plane the "
+        "explorer draws). Every cell is an image of the model's C x H x W (grayscale or RGB); "
+        f"n x n x C x H x W x scale^2 is at most {MAX_OUTPUT_PIXELS} pixel values.",
         responses={200: MANIFOLD_RESPONSE, **errors(404, 422)},
     )
     async def manifold_route(
@@ -393,14 +473,23 @@ def router(settings: Settings) -> APIRouter:
                 "(default: zeros; its values at `dims` are ignored)",
             ),
         ] = None,
+        plane: Annotated[
+            ManifoldPlane,
+            Query(
+                description="dims (default): the grid over `dims`, the rest at `base`; "
+                "principal: over the principal plane of the model's latent points (z_dim > 2 "
+                "models whose latent points carry one; not with dims or base)"
+            ),
+        ] = ManifoldPlane.dims,
         format: FormatQ = ImageFormat.png,
         scale: ScaleQ = 1,
     ) -> Any:
         if not p_min < p_max:
             raise validation_error(["query", "p_max"], "p_max must be greater than p_min")
+        chosen = choose_plane(plane, model, dims, base)
         pair = parse_dims(dims, model)
         vector = parse_base(base, model)
-        check_output_size(n * n, model.image_size, scale)
+        check_output_size(n * n, model, scale, " or a smaller n")
         key = (
             model.name,
             model.metadata.decoder.sha256,
@@ -409,15 +498,16 @@ def router(settings: Settings) -> APIRouter:
             p_max,
             pair,
             None if vector is None else vector.tobytes(),
+            plane.value,
             format.value,
             scale,
         )
         hit = MANIFOLDS.get(key)
         if hit is not None:
             return hit
-        size = WorkSize(images=n * n, small=small_output(n * n, scale, model.image_size))
+        size = WorkSize(images=n * n, small=small_output(n * n, scale, model.input_shape))
         return await scheduler.run(
-            size, cached_manifold, key, model, n, p_min, p_max, pair, vector, format, scale
+            size, cached_manifold, key, model, n, p_min, p_max, pair, vector, chosen, format, scale
         )
 
     return api

@@ -37,7 +37,8 @@ def router() -> APIRouter:
     @api.get(
         "/models/{name}/latent-points",
         response_model=LatentPoints,
-        summary="Encoded validation digits (for a latent-space explorer)",
+        summary="Encoded held-out images (for a latent-space explorer); z_dim > 2: with "
+        "their principal plane",
         responses=errors(404),
     )
     async def latent_points(name: str, registry: RegistryDep) -> Response:

@@ -44,8 +44,9 @@ MANY_IMAGES_BODY: dict[str, Any] = {
 }
 PNG_RESPONSE: dict[str, Any] = {
     "content": {"image/png": {"schema": _BINARY}},
-    "description": "?format=png: one 8-bit grayscale PNG grid (row-major, ceil(sqrt(n)) "
-    "columns, 2 px gaps); ?format=json: the JSON body below",
+    "description": "?format=png: one 8-bit PNG grid, grayscale for 1-channel models and RGB "
+    "for 3-channel ones (row-major, ceil(sqrt(n)) columns, 2 px gaps, cells of the model's "
+    "H x W); ?format=json: the JSON body below",
 }
 PNG_FILE_RESPONSE: dict[str, Any] = {"content": {"image/png": {"schema": _BINARY}}}
 
@@ -62,8 +63,12 @@ ScaleQ = Annotated[int, Query(ge=1, le=16, description="nearest-neighbour upscal
 PreprocessQ = Annotated[
     Preprocess,
     Query(
-        description="auto: MNIST-style (grayscale, invert light backgrounds, crop, fit 20x20, "
-        "centre by mass in 28x28); none: grayscale and resize only"
+        description="auto (default): the model's own preparation (metadata "
+        "input.preparation); digit: MNIST-style, 1-channel models only (grayscale, invert "
+        "light backgrounds, crop to the ink, fit a box of 20/28 of H and W, centre by mass: "
+        "20x20 in 28x28); fit: convert to the model's channels (grayscale or RGB), resize the "
+        "shorter side to fit and centre-crop to H x W; none: convert and resize to H x W "
+        "(for a grayscale model: grayscale and resize only)"
     ),
 ]
 SeedQ = Annotated[

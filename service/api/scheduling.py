@@ -35,7 +35,8 @@ from service.imaging.png import PNG_SIGNATURE
 
 DIRECT_IMAGES = 2
 LOOP_MAX_IMAGES = 16
-# Pixels of work that still fits the loop: 16 digits at scale 4, or one 448x448 upload.
+# Pixels of work that still fits the loop: 16 digits at scale 4, or one 448x448 upload (an
+# output's pixel values: C * H * W per image).
 LOOP_MAX_PIXELS = 16 * (4 * 28) ** 2
 # Each worker has about one core, so more threads would only add peak memory (a batch of 256
 # holds ~100 MB of activations while it runs) and GIL contention.
@@ -71,9 +72,12 @@ def small_uploads(images: list[bytes]) -> bool:
     return pixels <= LOOP_MAX_PIXELS
 
 
-def small_output(images: int, scale: int, size: int = 28) -> bool:
-    """Images drawn out at `scale` that are few and small enough for the loop."""
-    return images <= LOOP_MAX_IMAGES and images * (size * scale) ** 2 <= LOOP_MAX_PIXELS
+def small_output(images: int, scale: int, shape: tuple[int, int, int] = (1, 28, 28)) -> bool:
+    """Images of `shape` (C, H, W) drawn out at `scale` that are few and small enough for the
+    loop (counted in pixel values: an RGB image is three times a grayscale one)."""
+    channels, height, width = shape
+    values = images * channels * height * width * scale * scale
+    return images <= LOOP_MAX_IMAGES and values <= LOOP_MAX_PIXELS
 
 
 class Scheduler:

@@ -21,7 +21,12 @@ class ImageFormat(StrEnum):
 
 
 class Preprocess(StrEnum):
+    """What an upload goes through before the encoder: auto = the model's own preparation
+    (metadata input.preparation); or one of the three by name."""
+
     auto = "auto"
+    digit = "digit"
+    fit = "fit"
     none = "none"
 
 
@@ -67,7 +72,10 @@ class ImagesResponse(BaseModel):
     """`?format=json` of /decode and /sample."""
 
     model: str
-    images: list[str] = Field(description="one base64 PNG (8-bit grayscale) per image")
+    images: list[str] = Field(
+        description="one base64 8-bit PNG per image: grayscale for 1-channel models, RGB for "
+        "3-channel ones"
+    )
     z: list[list[float]] = Field(description="the latent vector each image was decoded from")
     note: str | None = Field(None, description="caveats, e.g. sampling a plain AE")
 
@@ -77,7 +85,10 @@ class ReconstructResponse(ImagesResponse):
 
     mu: list[float] | None = Field(None, description="posterior mean (VAE only)")
     log_var: list[float] | None = Field(None, description="posterior log-variance (VAE only)")
-    input: str = Field(description="the preprocessed input the model saw, base64 PNG")
+    input: str = Field(
+        description="the preprocessed input the model saw, base64 PNG (grayscale or RGB, as "
+        "the model's channels)"
+    )
     mse: float = Field(description="per-pixel mean squared error, input vs reconstruction")
 
 
@@ -86,13 +97,24 @@ class ModelList(BaseModel):
     models: list[ModelMetadata]
 
 
+class LatentPlane(BaseModel):
+    """The latent points' principal plane (models with z_dim > 2): z = origin + u a1 + v a2."""
+
+    origin: list[float] = Field(description="the points' mean, z_dim numbers")
+    axes: list[list[float]] = Field(description="[a1, a2]: two unit vectors of z_dim numbers")
+    explained: list[float] = Field(description="each axis' share of the points' variance")
+
+
 class LatentPoints(BaseModel):
-    """Encoded validation digits, for a latent-space explorer."""
+    """Encoded validation images, for a latent-space explorer."""
 
     model_config = ConfigDict(extra="allow")
 
     z: list[list[float]]
     labels: list[int] | None = None
+    plane: LatentPlane | None = Field(
+        None, description="z_dim > 2: the plane of the points' two principal directions"
+    )
 
 
 class Health(BaseModel):

@@ -22,7 +22,14 @@ from service.api.analysis_schemas import (
     ScoreResult,
     TypicalityVerdict,
 )
-from service.api.deps import ModelDep, SchedulerDep, validation_error
+from service.api.deps import (
+    ModelDep,
+    SchedulerDep,
+    check_image_count,
+    check_picture_output,
+    chunk_for,
+    validation_error,
+)
 from service.api.params import MANY_IMAGES_BODY, ONE_IMAGE_BODY, PreprocessQ, ScaleQ, SeedQ, errors
 from service.api.scheduling import WorkSize, small_uploads
 from service.api.schemas import ImageFormat, Preprocess
@@ -41,7 +48,8 @@ ERROR_MAP_RESPONSE: dict[str, Any] = {
     "description": "?format=json (default): the JSON body below; ?format=png: the error map "
     "as an 8-bit RGB PNG (a grid of them for a batch: ceil(sqrt(n)) columns, 2 px gaps): "
     "brightness |reconstruction - input|, red = input ink the reconstruction lacks, blue = "
-    "ink it adds",
+    "ink it adds (RGB models: the root mean square of the three channels' differences, red "
+    "where the reconstruction is darker on average, blue where it is brighter)",
 }
 AE_NOTE = (
     "plain autoencoder: it has no likelihood, so there is no log p(x); its score is "
@@ -87,7 +95,14 @@ def _verdict(
         assert reference.k is not None and scores.likelihood is not None
         codes = scores.codes
         _, values["iwae_log_px"] = scoring.posterior_samples(
-            model, x, codes["mu"], codes["log_var"], reference.k, rng, scores.likelihood
+            model,
+            x,
+            codes["mu"],
+            codes["log_var"],
+            reference.k,
+            rng,
+            scores.likelihood,
+            chunk_for(model, scoring.CHUNK),
         )
         note = (
             f"the typicality verdict uses log p(x) with the reference's k = {reference.k} "
@@ -142,7 +157,7 @@ def score_uploads(
     if seed is None:  # a fresh seed, reported so the answer can be repeated
         seed = int(np.random.default_rng().integers(2**63))
     rng = np.random.default_rng(seed)
-    scores = scoring.score_images(model, x, k, rng)
+    scores = scoring.score_images(model, x, k, rng, chunk_for(model, scoring.CHUNK))
     if fmt is ImageFormat.png:
         data = (
             error_map_pngs(scores.signed_error, scale)[0]
@@ -202,7 +217,8 @@ def router(settings: Settings) -> APIRouter:
         "Gaussian N(decoder(z), sigma^2 I) with 1/(2 sigma^2) = r_loss_factor / D, its "
         "normalising constant included; with `bce`, Bernoulli): the reconstruction term, the "
         "KL and the ELBO, the k-sample importance-weighted log p(x) (seedable: the same seed "
-        "gives the same bytes) and bits per dimension. Both kinds: the reconstruction, its "
+        "gives the same bytes) and bits per dimension (D = C x H x W pixel values: an RGB "
+        "image's three channels all count). Both kinds: the reconstruction, its "
         "per-pixel error map and MSE, and the percentile among held-out images with a "
         "typical/atypical verdict at the threshold fixed at export. For the plain AE the score "
         "is reconstruction error only.",
@@ -219,6 +235,7 @@ def router(settings: Settings) -> APIRouter:
         format: ScoreFormatQ = ImageFormat.json,
         scale: ScaleQ = 1,
     ) -> Any:
+        check_picture_output(model, 1, scale, max_batch)
         items = await scheduler.run(
             _work(model, [data], k),
             score_uploads,
@@ -262,6 +279,8 @@ def router(settings: Settings) -> APIRouter:
                 f"{len(data)} images x k = {k} is over {MAX_BATCH_SAMPLES} posterior samples "
                 "per request: send fewer images or a smaller k",
             )
+        check_image_count(model, len(data), max_batch, ["body", "files"])
+        check_picture_output(model, len(data), scale, max_batch)
         items = await scheduler.run(
             _work(model, data, k),
             score_uploads,

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.deps import get_settings, validation_error
 from service.api.schemas import Preprocess
-from service.imaging.prepare import preprocess_bytes
+from service.imaging.prepare import PreparationName, prepare_bytes
 from service.imaging.uploads import (
     CorruptImageError,
     EmptyImageError,
@@ -38,22 +38,40 @@ IMAGE_ERROR_STATUS: dict[type[ImageInputError], int] = {
     ImageTooLargeError: 413,
     NoDigitError: 422,
 }
+PREPARATIONS: dict[Preprocess, PreparationName] = {
+    Preprocess.digit: "digit",
+    Preprocess.fit: "fit",
+    Preprocess.none: "none",
+}
 # Images come as file parts (bounded by VAE_MAX_UPLOAD_BYTES); text fields are never used, so
 # a few small ones are plenty.
 MAX_TEXT_FIELDS = 16
 MAX_TEXT_FIELD_BYTES = 4096
 
 
+def preparation_of(model: Model, preprocess: Preprocess) -> PreparationName:
+    """The preparation `?preprocess=` chooses for `model` (auto: the model's own, metadata
+    input.preparation); a 422 for `digit` on a model that is not 1-channel."""
+    if preprocess is Preprocess.auto:
+        return model.metadata.input.preparation
+    if preprocess is Preprocess.digit and model.channels != 1:
+        raise validation_error(
+            ["query", "preprocess"],
+            f"preprocess=digit is for 1-channel (grayscale) models; model {model.name!r} takes "
+            f"{model.channels}-channel (RGB) images: use auto, fit or none",
+        )
+    return PREPARATIONS[preprocess]
+
+
 def prepare(
     images: list[bytes], model: Model, preprocess: Preprocess, settings: Settings
 ) -> np.ndarray:
     """Uploaded bytes -> (N, C, H, W) in the model's convention; image errors as HTTP errors."""
+    preparation = preparation_of(model, preprocess)
     arrays = []
     for i, data in enumerate(images):
         try:
-            arrays.append(
-                preprocess_bytes(data, preprocess.value, model.image_size, settings.max_pixels)
-            )
+            arrays.append(prepare_bytes(data, preparation, model.input_shape, settings.max_pixels))
         except ImageInputError as exc:
             where = f"files[{i}]: " if len(images) > 1 else ""
             raise HTTPException(IMAGE_ERROR_STATUS.get(type(exc), 400), where + str(exc)) from None

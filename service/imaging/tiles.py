@@ -1,5 +1,6 @@
-"""Pictures the analysis routes answer with: strips and grids of a chosen shape (grayscale),
-and red-blue error maps (RGB), as PNG bytes. Complements `service.imaging.png`.
+"""Pictures the analysis routes answer with: strips and grids of a chosen shape (grayscale or
+RGB as the images are, any cell height and width), and red-blue error maps (RGB), as PNG bytes.
+Complements `service.imaging.png`.
 
 Error map colours: each pixel's brightness is |reconstruction - input| (the square root of
 its squared error, so small errors stay visible; 255 = an error of 1, i.e. ink where there is
@@ -9,69 +10,31 @@ that the input lacks; black: no error.
 
 from __future__ import annotations
 
-import struct
-import zlib
-
 import numpy as np
 
-from service.imaging.png import (
-    GAP_VALUE,
-    GRID_GAP,
-    PNG_COMPRESS_LEVEL,
-    PNG_SIGNATURE,
-    png_bytes,
-    to_uint8,
-)
+from service.imaging.png import channels_last, png_bytes, tile, to_uint8
 
-
-def tile(images: np.ndarray, cols: int, scale: int = 1, gap: int = GRID_GAP) -> np.ndarray:
-    """(N, H, W[, 3]) uint8 -> one picture with `cols` columns, row-major, `gap` pixels of
-    mid-grey between cells (not scaled); cells past N are black."""
-    images = np.asarray(images, dtype=np.uint8)
-    count, height, width = images.shape[:3]
-    channels = images.shape[3:]
-    rows = -(-count // cols)
-    if scale > 1:
-        images = images.repeat(scale, axis=1).repeat(scale, axis=2)
-    cell_h, cell_w = height * scale, width * scale
-    cells = np.full((rows * cols, cell_h + gap, cell_w + gap, *channels), GAP_VALUE, np.uint8)
-    cells[:count, :cell_h, :cell_w] = images
-    cells[count:, :cell_h, :cell_w] = 0
-    blocks = cells.reshape(rows, cols, cell_h + gap, cell_w + gap, *channels).swapaxes(1, 2)
-    out = blocks.reshape(rows * (cell_h + gap), cols * (cell_w + gap), *channels)
-    return np.ascontiguousarray(out[: out.shape[0] - gap, : out.shape[1] - gap])
+__all__ = [
+    "error_map",
+    "error_map_grid_png",
+    "error_map_pngs",
+    "rgb_png_bytes",
+    "tile",
+    "tiles_png",
+]
 
 
 def tiles_png(images: np.ndarray, cols: int, scale: int = 1) -> bytes:
-    """[0, 1] images (N, [1,] H, W) -> one grayscale PNG with `cols` columns."""
-    pixels = to_uint8(images)
-    if pixels.ndim == 4:
-        pixels = pixels[:, 0]
-    return png_bytes(tile(pixels, cols, scale))
+    """[0, 1] images (N, [1 or 3,] H, W) -> one PNG (grayscale or RGB) with `cols` columns."""
+    return png_bytes(tile(channels_last(to_uint8(images)), cols, scale))
 
 
 def rgb_png_bytes(image: np.ndarray) -> bytes:
-    """An (H, W, 3) uint8 array -> 8-bit RGB PNG bytes (filter 0, as png.png_bytes)."""
+    """An (H, W, 3) uint8 array -> 8-bit RGB PNG bytes (png.png_bytes, checked to be RGB)."""
     image = np.asarray(image, dtype=np.uint8)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) array, got shape {image.shape}")
-    height, width = image.shape[:2]
-    rows = np.zeros((height, width * 3 + 1), dtype=np.uint8)
-    rows[:, 1:] = image.reshape(height, width * 3)
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit truecolour
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + data))
-        return struct.pack(">I", len(data)) + kind + data + crc
-
-    return b"".join(
-        (
-            PNG_SIGNATURE,
-            chunk(b"IHDR", header),
-            chunk(b"IDAT", zlib.compress(rows.tobytes(), PNG_COMPRESS_LEVEL)),
-            chunk(b"IEND", b""),
-        )
-    )
+    return png_bytes(image)
 
 
 def error_map(signed_error: np.ndarray) -> np.ndarray:

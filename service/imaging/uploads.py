@@ -1,4 +1,4 @@
-"""Uploaded bytes -> a validated, decoded Pillow image -> a float grayscale array.
+"""Uploaded bytes -> a validated, decoded Pillow image -> a float grayscale or RGB array.
 
 Numpy and Pillow only (no torch, no FastAPI): the service and the training-time tools decode
 images the same way. Errors are `ImageInputError` subclasses, each saying what is wrong in
@@ -128,8 +128,11 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
     return image
 
 
-def shrink_for_work(image: Image.Image) -> Image.Image:
-    """Reduce a big image by an integer factor in its own 8-bit mode, before any float work.
+def shrink_for_work(
+    image: Image.Image, box: tuple[int, int, int, int] | None = None
+) -> Image.Image:
+    """Reduce a big image (or its region `box`: left, top, right, bottom) by an integer factor
+    in its own 8-bit mode, before any float work.
 
     A 200 KB PNG can hold 40 MP of RGBA: as float32 that is 640 MB per copy, and
     `to_grayscale` makes several (1.4 GB and 4 s measured per request). Averaging blocks here
@@ -137,19 +140,21 @@ def shrink_for_work(image: Image.Image) -> Image.Image:
     WORK_SIZE anyway, so the digit comes out the same. RGBA/LA are reduced premultiplied
     (Pillow's reduce does that), and compositing is linear, so transparency is kept right.
     Palette images go through RGB(A) (averaging palette indices would be nonsense); 16-bit
-    modes are left alone (2 bytes per pixel, and their scale must be kept).
+    modes are left alone (2 bytes per pixel, and their scale must be kept). With `box` the
+    result is that region only (cut out while reducing: no full-size copy is made).
     """
-    factor = max(image.size) // WORK_SIZE
+    size = image.size if box is None else (box[2] - box[0], box[3] - box[1])
+    factor = max(size) // WORK_SIZE
     if factor < 2:
-        return image
+        return image if box is None or box == (0, 0, *image.size) else image.crop(box)
     if image.mode in ("P", "PA"):
         transparent = image.mode == "PA" or "transparency" in image.info
         image = image.convert("RGBA" if transparent else "RGB")
     elif image.mode == "1":
         image = image.convert("L")
     if image.mode not in ("L", "LA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "F"):
-        return image
-    return image.reduce(factor)
+        return image if box is None else image.crop(box)
+    return image.reduce(factor, box)
 
 
 def _alpha_composite_gray(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -191,4 +196,32 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
             image = image.convert("L")
         except ValueError:
             image = image.convert("RGB").convert("L")
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """Any Pillow image -> (H, W, 3) float32 in [0, 1], for 3-channel models.
+
+    Grayscale (any bit depth) is repeated over the three channels; transparency is composited
+    onto white when what is opaque is mostly dark, onto black otherwise (as `to_grayscale`
+    does, so a logo on transparency never vanishes into its own colour)."""
+    mode = image.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        gray = to_grayscale(image)
+        return np.repeat(gray[..., None], 3, axis=2)
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    if has_alpha:
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
+        rgb, alpha = rgba[..., :3], rgba[..., 3]
+        gray = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        weight = alpha.sum()
+        ink = float((gray * alpha).sum() / weight) if weight > 0 else 0.0
+        background = 1.0 if ink < 0.5 else 0.0
+        mixed = rgb * alpha[..., None] + background * (1.0 - alpha[..., None])
+        return np.asarray(mixed, dtype=np.float32)
+    if mode != "RGB":
+        try:
+            image = image.convert("RGB")
+        except ValueError:
+            image = image.convert("RGBA").convert("RGB")
     return np.asarray(image, dtype=np.float32) / 255.0

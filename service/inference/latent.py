@@ -2,6 +2,7 @@
 
     path, note = interpolate(start, end, steps=10, method="slerp")   # (steps, z_dim)
     grid, axis = manifold_grid(z_dim=2, n=20)                         # (n, n, z_dim)
+    grid, axis = plane_grid(origin, axes, n=20)                       # z_dim > 2: a plane
 
 Interpolation runs in float64 and returns float32 rows whose first and last are exactly
 `start` and `end`, so the path decodes to exactly decode(start) ... decode(end).
@@ -9,7 +10,7 @@ Interpolation runs in float64 and returns float32 rows whose first and last are 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -117,7 +118,7 @@ def manifold_grid(
     return grid.astype(np.float32), axis
 
 
-def principal_plane(z: np.ndarray) -> dict[str, list]:
+def principal_plane(z: np.ndarray) -> dict[str, list[Any]]:
     """The plane through the mean of latent points `z` (N, z_dim) spanned by their two
     principal directions: {"origin": [z_dim], "axes": [[z_dim], [z_dim]], "explained": [2]}.
 
@@ -139,3 +140,25 @@ def principal_plane(z: np.ndarray) -> dict[str, list]:
         "axes": axes.round(6).tolist(),
         "explained": explained.round(4).tolist(),
     }
+
+
+def plane_grid(
+    origin: np.ndarray,
+    axes: np.ndarray,
+    n: int,
+    p_min: float = 0.05,
+    p_max: float = 0.95,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The manifold over a plane (models with z_dim > 2): an n x n grid of z = origin +
+    u axes[0] + v axes[1] -> (grid (n, n, z_dim) float32, axis (n,) float64), with u = axis[c]
+    along columns (increasing) and v = axis[n - 1 - r] down rows (the top row has the largest
+    v), as `manifold_grid`. u and v are N(0, 1) quantiles: for unit axes through the origin of
+    the prior each cell holds equal prior mass in the plane."""
+    axis = quantile_axis(n, p_min, p_max)
+    first, second = np.asarray(axes, np.float64)
+    grid = (
+        np.asarray(origin, np.float64)[None, None, :]
+        + axis[None, :, None] * first[None, None, :]
+        + axis[::-1, None, None] * second[None, None, :]
+    )
+    return grid.astype(np.float32), axis

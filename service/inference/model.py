@@ -23,6 +23,17 @@ from service.inference.sessions import TRIM_AFTER_BATCH, release_free_memory
 InferenceObserver = Callable[[str, str, int, float], None]
 
 
+@dataclass(frozen=True)
+class LatentPlane:
+    """A 2-D view of the latent space (latent_points.json `plane`, latent.principal_plane):
+    z = origin + u axes[0] + v axes[1]; `explained` is each axis' share of the points'
+    variance."""
+
+    origin: tuple[float, ...]
+    axes: tuple[tuple[float, ...], tuple[float, ...]]
+    explained: tuple[float, float]
+
+
 @dataclass
 class Model:
     """One loaded model. Shapes, z_dim and the pixel convention all come from `metadata`."""
@@ -32,6 +43,7 @@ class Model:
     encoder: ort.InferenceSession
     decoder: ort.InferenceSession
     latent_points: bytes | None = None  # the raw JSON file, validated at load
+    plane: LatentPlane | None = None  # the latent points' principal plane, when they carry one
     observer: InferenceObserver | None = field(default=None, repr=False)
 
     @property
@@ -52,8 +64,28 @@ class Model:
         return self.metadata.input.shape
 
     @property
-    def image_size(self) -> int:
+    def channels(self) -> int:
+        """C: 1 (grayscale) or 3 (RGB)."""
+        return self.input_shape[0]
+
+    @property
+    def height(self) -> int:
         return self.input_shape[1]
+
+    @property
+    def width(self) -> int:
+        return self.input_shape[2]
+
+    @property
+    def image_values(self) -> int:
+        """C * H * W: the pixel values of one image (what limits and bits/dim count)."""
+        channels, height, width = self.input_shape
+        return channels * height * width
+
+    @property
+    def image_mode(self) -> str:
+        """The PNG mode of its images: 'L' (8-bit grayscale) or 'RGB'."""
+        return "RGB" if self.channels == 3 else "L"
 
     @property
     def encoder_input(self) -> str:

@@ -12,11 +12,13 @@ and output names, shapes, dtypes) and warmed up before anything is served; any m
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from service.inference.format import METADATA, ModelLoadError, ModelMetadata, read_metadata
-from service.inference.model import InferenceObserver, Model
+from service.inference.model import InferenceObserver, LatentPlane, Model
 from service.inference.sessions import check_tensor, open_session, session_options
 
 
@@ -58,22 +60,61 @@ def load_model(
     check_tensor(dec_path, "output", outputs[0], dec_meta.output, shape)
 
     _check_figures(folder, metadata)
+    points, plane = _read_latent_points(folder, metadata)
     model = Model(
         metadata=metadata,
         path=folder,
         encoder=encoder,
         decoder=decoder,
-        latent_points=_read_latent_points(folder, metadata),
+        latent_points=points,
+        plane=plane,
         observer=observer,
     )
     model.warm_up()
     return model
 
 
-def _read_latent_points(folder: Path, metadata: ModelMetadata) -> bytes | None:
+def _finite_numbers(value: Any, length: int) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == length
+        and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            for v in value
+        )
+    )
+
+
+def _plane(path: Path, value: Any, z_dim: int) -> LatentPlane:
+    """latent_points.json's optional `plane` (latent.principal_plane), checked."""
+    ok = (
+        isinstance(value, dict)
+        and _finite_numbers(value.get("origin"), z_dim)
+        and isinstance(value.get("axes"), list)
+        and len(value["axes"]) == 2
+        and all(_finite_numbers(axis, z_dim) for axis in value["axes"])
+        and _finite_numbers(value.get("explained"), 2)
+    )
+    if not ok:
+        raise ModelLoadError(
+            f"{path}: 'plane' must be {{'origin': [{z_dim} finite numbers], 'axes': "
+            f"[[{z_dim} finite numbers], [{z_dim} finite numbers]], 'explained': "
+            "[2 finite numbers]}"
+        )
+    first, second = value["axes"]
+    return LatentPlane(
+        origin=tuple(float(v) for v in value["origin"]),
+        axes=(tuple(float(v) for v in first), tuple(float(v) for v in second)),
+        explained=(float(value["explained"][0]), float(value["explained"][1])),
+    )
+
+
+def _read_latent_points(
+    folder: Path, metadata: ModelMetadata
+) -> tuple[bytes | None, LatentPlane | None]:
     name = metadata.latent_points
     if name is None:
-        return None
+        return None, None
     path = folder / name
     if not path.is_file():
         raise ModelLoadError(f"{path}: latent points file named in metadata.json not found")
@@ -91,7 +132,8 @@ def _read_latent_points(folder: Path, metadata: ModelMetadata) -> bytes | None:
         raise ModelLoadError(
             f"{path}: expected {{'z': [[{metadata.z_dim} numbers], ...], 'labels': [...]}}"
         )
-    return data
+    plane = _plane(path, points["plane"], metadata.z_dim) if "plane" in points else None
+    return data, plane
 
 
 def _check_figures(folder: Path, metadata: ModelMetadata) -> None:

@@ -187,9 +187,12 @@ class ImageScores:
     """Per-image results of `score_images` (arrays over the N images)."""
 
     reconstruction: np.ndarray  # (N, C, H, W) decoded from the mean (VAE) or the code (AE)
-    squared_error: np.ndarray  # (N, H, W), [0, 1] pixels: (input - reconstruction)^2
-    signed_error: np.ndarray  # (N, H, W), reconstruction - input, [0, 1] pixels
-    mse: np.ndarray  # (N,)
+    # Per pixel, [0, 1] pixels: (input - reconstruction)^2, averaged over the channels.
+    squared_error: np.ndarray  # (N, H, W)
+    # Per pixel, reconstruction - input; RGB: sqrt(squared_error) with the sign of the
+    # channels' mean difference (what the error map draws).
+    signed_error: np.ndarray  # (N, H, W)
+    mse: np.ndarray  # (N,): over all C x H x W values
     codes: dict[str, np.ndarray]
     likelihood: Likelihood | None = None
     k: int | None = None
@@ -227,10 +230,16 @@ def score_images(
     recon = np.concatenate(
         [model.decode_batch(mean[i : i + chunk]) for i in range(0, len(mean), chunk)]
     )
-    seen, out = model.to_unit_pixels(x)[:, 0], model.to_unit_pixels(recon)[:, 0]
-    signed = (out - seen).astype(np.float64)
-    squared = signed * signed
-    scores = ImageScores(recon, squared, signed, squared.reshape(len(x), -1).mean(axis=1), codes)
+    seen, out = model.to_unit_pixels(x), model.to_unit_pixels(recon)
+    difference = (out - seen).astype(np.float64)  # (N, C, H, W)
+    if difference.shape[1] == 1:
+        signed = difference[:, 0]
+        squared = signed * signed
+    else:
+        squared = np.mean(difference * difference, axis=1)
+        signed = np.sqrt(squared) * np.where(difference.mean(axis=1) < 0, -1.0, 1.0)
+    mse = np.mean((difference * difference).reshape(len(x), -1), axis=1)
+    scores = ImageScores(recon, squared, signed, mse, codes)
     if model.kind != "vae":
         return scores
     likelihood = likelihood_of(model.metadata)
@@ -376,8 +385,8 @@ def typicality_record(
         "threshold_quantile": quantile,
         "how_chosen": (
             f"score: {SCORE_TEXT[name].format(k=k)}; computed at export through the exported "
-            f"ONNX graphs on {len(scores)} held-out images ({held_out}), fed as the 28x28 "
-            f"arrays (no upload preparation); threshold: the {100 * quantile:g}% quantile of "
+            f"ONNX graphs on {len(scores)} held-out images ({held_out}), fed as the model's "
+            f"own arrays (no upload preparation); threshold: the {100 * quantile:g}% quantile of "
             f"their scores, so {100 * (1 - quantile):g}% of held-out images are typical "
             "(score >= threshold)"
         ),

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 from fastapi import HTTPException
 
+from service.api.deps import max_images
 from service.api.oip.codec import (
     FP32,
     InferRequest,
@@ -38,7 +39,7 @@ from service.api.oip.codec import (
 )
 from service.api.scheduling import WorkSize, small_output, small_uploads
 from service.api.schemas import Z_LIMIT, Preprocess
-from service.api.uploads import prepare
+from service.api.uploads import preparation_of, prepare
 from service.inference.model import Model
 from service.inference.registry import ModelRegistry
 from service.process.settings import Settings
@@ -120,15 +121,16 @@ class OipModel:
         if missing:
             raise bad_request(f"model {self.name!r} needs input(s) {missing}")
         batch = None
+        limit = max_images(self.model, settings.max_batch)
         for name, tensor in given.items():
-            n = self._check_tensor(specs[name], tensor, settings.max_batch)
+            n = self._check_tensor(specs[name], tensor, limit, settings.max_batch)
             if batch is not None and n != batch:
                 raise bad_request("inputs disagree on the batch size")
             batch = n
         assert batch is not None
         outputs = self._outputs(request)
         if self.graph == "pipeline":
-            _preprocess(request)  # refused here, before any work is scheduled
+            _preprocess(request, self.model)  # refused here, before any work is scheduled
         inputs: dict[str, Any] = {}
         for name, tensor in given.items():
             if specs[name].datatype == "BYTES":
@@ -137,7 +139,9 @@ class OipModel:
                 inputs[name] = decode_fp32(tensor, VALUE_LIMIT)
         return Call(self, request, inputs, outputs, self._work_size(batch, inputs))
 
-    def _check_tensor(self, spec: TensorSpec, tensor: RequestInput, max_batch: int) -> int:
+    def _check_tensor(
+        self, spec: TensorSpec, tensor: RequestInput, limit: int, max_batch: int
+    ) -> int:
         where = f"input {spec.name!r} of model {self.name!r}"
         if tensor.datatype != spec.datatype:
             raise bad_request(
@@ -161,10 +165,14 @@ class OipModel:
         batch = shape[0]
         if batch < 1:
             raise bad_request(f"{where}: the batch axis must be at least 1")
-        if batch > max_batch:
-            raise bad_request(
-                f"{where}: at most {max_batch} items per request (VAE_MAX_BATCH), got {batch}"
+        if batch > limit:
+            why = (
+                "VAE_MAX_BATCH"
+                if limit == max_batch
+                else f"VAE_MAX_BATCH scaled down for images of "
+                f"{'x'.join(map(str, self.model.input_shape))} pixel values"
             )
+            raise bad_request(f"{where}: at most {limit} items per request ({why}), got {batch}")
         return batch
 
     def _outputs(self, request: InferRequest) -> list[tuple[TensorSpec, RequestOutput | None]]:
@@ -188,7 +196,7 @@ class OipModel:
     def _work_size(self, batch: int, inputs: dict[str, Any]) -> WorkSize:
         if self.graph == "pipeline":
             return WorkSize(images=batch, small=small_uploads(inputs[PIPELINE_INPUT]))
-        return WorkSize(images=batch, small=small_output(batch, 1, self.model.image_size))
+        return WorkSize(images=batch, small=small_output(batch, 1, self.model.input_shape))
 
     # --- running it ---------------------------------------------------------------------------
 
@@ -201,7 +209,7 @@ class OipModel:
             return {model.decoder_output: model.decode_batch(inputs[model.decoder_input])}
         if self.graph == "encoder":
             return model.encode_batch(inputs[model.encoder_input])
-        preprocess = _preprocess(request)
+        preprocess = _preprocess(request, model)
         try:
             images = prepare(inputs[PIPELINE_INPUT], model, preprocess, settings)
         except HTTPException as exc:
@@ -211,12 +219,19 @@ class OipModel:
         return model.encode_batch(images)
 
 
-def _preprocess(request: InferRequest) -> Preprocess:
-    """The pipeline's parameters.preprocess: auto (default, as /encode) or none."""
+def _preprocess(request: InferRequest, model: Model) -> Preprocess:
+    """The pipeline's parameters.preprocess, as /encode's ?preprocess=: auto (default: the
+    model's own preparation), digit (1-channel models only), fit or none."""
     value = request.parameters.get("preprocess", Preprocess.auto.value)
-    if isinstance(value, str) and value in {p.value for p in Preprocess}:
-        return Preprocess(value)
-    raise bad_request(f"parameters.preprocess must be one of {[p.value for p in Preprocess]}")
+    if not (isinstance(value, str) and value in {p.value for p in Preprocess}):
+        raise bad_request(f"parameters.preprocess must be one of {[p.value for p in Preprocess]}")
+    preprocess = Preprocess(value)
+    try:
+        preparation_of(model, preprocess)
+    except HTTPException as exc:
+        detail = exc.detail[0]["msg"] if isinstance(exc.detail, list) else exc.detail
+        raise bad_request(f"parameters.preprocess: {detail}") from None
+    return preprocess
 
 
 def execute(call: Call, settings: Settings) -> tuple[bytes, dict[str, str]]:

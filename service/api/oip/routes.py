@@ -228,8 +228,9 @@ def router(settings: Settings) -> APIRouter:
     infer_doc: dict[str, Any] = {
         "summary": "Inference",
         "description": f"Tensors as JSON or binary data (binary_tensor_data). At most "
-        f"{max_batch} items on the batch axis. Pipelines (NAME) take BYTES image files and "
-        "prepare them as /encode does (parameters.preprocess: auto or none).",
+        f"{max_batch} items on the batch axis (fewer for models of more than 16x28x28 pixel "
+        "values per image). Pipelines (NAME) take BYTES image files and "
+        "prepare them as /encode does (parameters.preprocess: auto, digit, fit or none).",
         "response_class": JSONResponse,
         "response_model": None,
         "responses": INFER_RESPONSES,

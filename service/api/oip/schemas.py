@@ -95,7 +95,7 @@ class InferenceRequest(BaseModel):
     parameters: Parameters | None = Field(
         None,
         description="binary_data_output: true for every output as binary data; preprocess "
-        "(pipelines): auto or none; others are ignored",
+        "(pipelines): auto, digit, fit or none, as /encode's ?preprocess=; others are ignored",
     )
     inputs: list[RequestInput]
     outputs: list[RequestOutput] | None = Field(
