@@ -657,3 +657,26 @@ def test_a_shape_the_service_does_not_serve_stops_start_up(model_dir, tmp_path, 
     output = log_path.read_text()
     assert str(models / "vae" / "metadata.json") in output, output[-3000:]
     assert str(shape) in output and "1-channel (grayscale) or 3-channel (RGB)" in output
+
+
+def test_fit_inverts_a_light_background_for_dark_background_models() -> None:
+    # A dark shirt photographed on white, for a model trained light-on-black (Fashion-MNIST's
+    # metadata says background: dark): fit hands it over light on black, as digit would.
+    shirt = Image.new("L", (120, 90), 245)
+    ImageDraw.Draw(shirt).rectangle([(40, 20), (80, 80)], fill=30)
+    data = encoded(shirt, "PNG")
+    for preparation in ("fit", "none"):
+        plain = prepare_bytes(data, preparation, (1, 28, 28))
+        dark = prepare_bytes(data, preparation, (1, 28, 28), background="dark")
+        assert plain[0, 0, 0] > 0.9 and dark[0, 0, 0] < 0.1  # the corner: background
+        assert np.allclose(dark, 1.0 - plain)
+        # already on a dark background: left as it is
+        again = prepare_bytes(
+            encoded(Image.fromarray(255 - np.asarray(shirt)), "PNG"),
+            preparation,
+            (1, 28, 28),
+            background="dark",
+        )
+        assert np.allclose(again, dark, atol=1 / 255)
+    rgb = prepare_bytes(encoded(shirt.convert("RGB"), "PNG"), "fit", (3, 28, 28), background="dark")
+    assert rgb[:, 0, 0].min() > 0.9  # RGB models are never inverted

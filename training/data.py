@@ -314,33 +314,22 @@ def _decode_image(data: bytes) -> tuple[np.ndarray, bool]:
     """One image file's bytes -> ((H, W, 1 or 3) float32 in [0, 1], whether it has colour).
 
     Any Pillow mode: grayscale modes (1, L, LA, 16-bit I;16) give one channel, the others
-    (RGB, RGBA, P, CMYK, YCbCr) three. Transparency is composited on white: a transparent
-    background is what a viewer or a web page shows as white (cut-out product shots, icons),
-    so the model learns the images as people see them; black would turn every transparent
-    background into the darkest possible pixels.
+    (RGB, RGBA, P, CMYK, YCbCr) three. The conversion, transparency included, is the
+    service's own (`service.imaging.uploads.to_grayscale` / `to_rgb`: transparent pixels
+    become white behind dark content, black behind light content), so a model trains on
+    exactly what an upload of the same file gives it.
     """
     from PIL import Image
+
+    from service.imaging.uploads import to_grayscale, to_rgb
 
     with Image.open(io.BytesIO(data)) as image:
         if image.format not in IMAGE_FORMATS:
             raise _Unusable(f"{image.format or 'an unknown'} image, not PNG, JPEG or WebP")
         image.load()  # decode now: truncated or corrupt data fail here, not mid-epoch
-        mode = image.mode
-        has_alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info
-        gray = mode in GRAY_MODES
-        if mode.startswith("I"):  # 16-bit grayscale PNG: 0..65535
-            array = np.clip(np.asarray(image, np.float32) / 65535.0, 0.0, 1.0)[..., None]
-            return array, False
-        if gray:
-            array = np.asarray(image.convert("LA" if has_alpha else "L"), np.float32) / 255.0
-        else:
-            array = np.asarray(image.convert("RGBA" if has_alpha else "RGB"), np.float32) / 255.0
-    if array.ndim == 2:
-        array = array[..., None]
-    if has_alpha:
-        colour, alpha = array[..., :-1], array[..., -1:]
-        array = colour * alpha + (1.0 - alpha)
-    return array.astype(np.float32), not gray
+        gray = image.mode in GRAY_MODES or image.mode.startswith("I")
+        array = to_grayscale(image)[..., None] if gray else to_rgb(image)
+    return np.ascontiguousarray(array, dtype=np.float32), not gray
 
 
 def _folder_files(

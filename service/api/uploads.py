@@ -71,7 +71,15 @@ def prepare(
     arrays = []
     for i, data in enumerate(images):
         try:
-            arrays.append(prepare_bytes(data, preparation, model.input_shape, settings.max_pixels))
+            arrays.append(
+                prepare_bytes(
+                    data,
+                    preparation,
+                    model.input_shape,
+                    settings.max_pixels,
+                    model.metadata.input.background,
+                )
+            )
         except ImageInputError as exc:
             where = f"files[{i}]: " if len(images) > 1 else ""
             raise HTTPException(IMAGE_ERROR_STATUS.get(type(exc), 400), where + str(exc)) from None

@@ -9,6 +9,9 @@ Three preparations (a model's metadata `input.preparation` names its own):
   H x W.
 - none: converted to the model's channels and resized to exactly H x W (the aspect ratio is
   not kept).
+For fit and none, a 1-channel model whose metadata says `background: dark` (images light on
+black, as the MNIST-format sets: Fashion-MNIST) gets an upload with a light background
+inverted first, as `digit` does: a garment photographed on white becomes one on black.
 Decoding and validating the bytes is `service.imaging.uploads`.
 
     from service.imaging.prepare import prepare_bytes
@@ -193,12 +196,25 @@ def _resize_channels(planes: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.stack([_resize(plane, width, height) for plane in planes])
 
 
+def _dark_background(planes: np.ndarray, background: str | None) -> np.ndarray:
+    """Invert a 1-channel image whose border is mostly light, for a model trained on images
+    with a dark background (`background`: the model's metadata)."""
+    if background != "dark" or planes.shape[0] != 1:
+        return planes
+    border = np.sort(_border(planes[0]))
+    return 1.0 - planes if _sorted_median(border) > 0.5 else planes
+
+
 def prepare_image(
-    image: Image.Image, preparation: PreparationName, shape: tuple[int, int, int]
+    image: Image.Image,
+    preparation: PreparationName,
+    shape: tuple[int, int, int],
+    background: str | None = None,
 ) -> np.ndarray:
     """A Pillow image -> (C, H, W) float32 in [0, 1] for a model taking `shape` (C, H, W),
     through `preparation` (digit, fit or none: the module's docstring). digit is for
-    1-channel models only (ValueError otherwise)."""
+    1-channel models only (ValueError otherwise); `background` is the model's metadata
+    `input.background` ('dark': fit and none invert a light-background upload)."""
     channels, height, width = shape
     if preparation == "digit":
         if channels != 1:
@@ -207,9 +223,10 @@ def prepare_image(
     if preparation == "fit":
         box = centre_box(*image.size, width, height)
         planes = _channels(shrink_for_work(image, box), channels)
-        return _resize_channels(planes, width, height)
+        return _dark_background(_resize_channels(planes, width, height), background)
     if preparation == "none":
-        return _resize_channels(_channels(shrink_for_work(image), channels), width, height)
+        planes = _resize_channels(_channels(shrink_for_work(image), channels), width, height)
+        return _dark_background(planes, background)
     raise ValueError(f"preparation must be one of {list(PREPARATIONS)}, not {preparation!r}")
 
 
@@ -218,10 +235,11 @@ def prepare_bytes(
     preparation: PreparationName,
     shape: tuple[int, int, int],
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    background: str | None = None,
 ) -> np.ndarray:
     """Image file bytes -> (C, H, W) float32 in [0, 1] (`prepare_image`); raises
     ImageInputError subclasses for bytes that are no usable image."""
-    return prepare_image(open_image(data, max_pixels), preparation, shape)
+    return prepare_image(open_image(data, max_pixels), preparation, shape, background)
 
 
 def preprocess_image(
