@@ -21,6 +21,7 @@ from starlette.routing import BaseRoute
 from service import __version__
 from service.api import routers
 from service.api.auth import ApiKeyMiddleware, document_security, is_protected, load_api_keys
+from service.api.hot_routes import HotRoutesMiddleware
 from service.api.metrics import Metrics
 from service.api.middleware import (
     BodySizeLimitMiddleware,
@@ -140,7 +141,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         api_routes.extend(router.routes)
     mount_static(app)  # the explorer's assets (index.html at "/" refers to static/...)
 
-    # add_middleware wraps: the last added is the outermost.
+    # add_middleware wraps: the last added is the outermost. Innermost: the hot requests
+    # (/encode, /sample) answered without FastAPI's routing when well-formed (hot_routes.py).
+    app.add_middleware(HotRoutesMiddleware, routes=api_routes)
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_bytes=settings.max_upload_bytes,

@@ -31,6 +31,8 @@ def encode_uploads(
 def router(settings: Settings) -> APIRouter:
     api = APIRouter(tags=["encode"])
 
+    # service/api/hot_routes.py answers the well-formed requests of this route without
+    # FastAPI's routing: a parameter or behaviour added here must be added there too.
     @api.post(
         "/encode",
         response_model=Encoding,

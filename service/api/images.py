@@ -157,6 +157,8 @@ def router(settings: Settings) -> APIRouter:
         size = WorkSize(images=len(z), small=small_output(len(z), scale, model.input_shape))
         return await scheduler.run(size, decode_vectors, model, z, format, scale)
 
+    # service/api/hot_routes.py answers the well-formed requests of this route without
+    # FastAPI's routing: a parameter or behaviour added here must be added there too.
     @api.get(
         "/sample",
         response_model=ImagesResponse,

@@ -6,6 +6,7 @@ Each app has its own CollectorRegistry, so several apps (tests) never collide on
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -20,6 +21,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 INFERENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+MAX_CACHED_LABELS = 1024
 
 
 class Metrics:
@@ -69,19 +71,39 @@ class Metrics:
             # several workers (service/process/workers.py): the same models
             multiprocess_mode="max",
         )
+        # observe_request's label children by (method, route, status, protocol): `labels()`
+        # costs a lock and a tuple check per call, per metric. Bounded: the method is the
+        # client's to choose.
+        self._request_children: dict[tuple[str, str, int, str], tuple[Any, Any, Any]] = {}
+        self._inference_children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def observe_request(
         self, method: str, route: str, status: int, seconds: float, protocol: str = "rest"
     ) -> None:
-        labels = (method, route, str(status))
-        self.requests.labels(*labels).inc()
-        self.latency.labels(*labels).observe(seconds)
-        self.protocol_requests.labels(protocol, str(status)).inc()
+        key = (method, route, status, protocol)
+        children = self._request_children.get(key)
+        if children is None:
+            code = str(status)
+            children = (
+                self.requests.labels(method, route, code),
+                self.latency.labels(method, route, code),
+                self.protocol_requests.labels(protocol, code),
+            )
+            if len(self._request_children) < MAX_CACHED_LABELS:
+                self._request_children[key] = children
+        requests, latency, protocol_requests = children
+        requests.inc()
+        latency.observe(seconds)
+        protocol_requests.inc()
 
     def observe_inference(self, model: str, graph: str, batch: int, seconds: float) -> None:
         """An `InferenceObserver` for service.models."""
-        self.inference.labels(model, graph).observe(seconds)
-        self.batch_size.labels(model, graph).observe(batch)
+        children = self._inference_children.get((model, graph))
+        if children is None:  # models and graphs are the registry's: a few
+            children = (self.inference.labels(model, graph), self.batch_size.labels(model, graph))
+            self._inference_children[(model, graph)] = children
+        children[0].observe(seconds)
+        children[1].observe(batch)
 
     def render(self) -> bytes:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -34,6 +34,8 @@ CLIENT_CLOSED = 499  # the client went away before its request was read: nothing
 # The Open Inference Protocol (service/api/oip) lives under /v2: its errors are {"error": ...},
 # and metrics and the access log label its requests protocol="oip" (the REST API's "rest").
 OIP_PREFIX = "/v2"
+# One encoder for every access log line (json.dumps with separators builds one per call).
+_log_line = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def protocol_of(path: str) -> str:
@@ -257,7 +259,7 @@ class RequestContextMiddleware:
             if self.access_log:
                 client = scope.get("client")
                 access_logger.info(
-                    json.dumps(
+                    _log_line(
                         {
                             "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
                             "request_id": request_id,
@@ -270,7 +272,6 @@ class RequestContextMiddleware:
                             "duration_ms": round(seconds * 1000, 3),
                             "bytes_out": bytes_out,
                             "client": f"{client[0]}:{client[1]}" if client else None,
-                        },
-                        separators=(",", ":"),
+                        }
                     )
                 )
