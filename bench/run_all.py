@@ -199,10 +199,10 @@ def summarize(results: dict) -> dict:
         images = s32["rps"] * SAMPLE_N
         ratio = images / best16["images_per_s"]
         target(
-            f"/sample?n={SAMPLE_N} images/s at concurrency 32 >= 70% of the in-process decoder "
+            f"/sample?n={SAMPLE_N} images/s at concurrency 32 >= 85% of the in-process decoder "
             "at batch 16 on all cores",
             f"{images:,.0f} vs {best16['images_per_s']:,.0f} images/s: {100 * ratio:.0f}%",
-            ratio >= 0.7,
+            ratio >= 0.85,  # issue #17 (it was 70% for issue #6)
             f"the in-process figure is the best layout: {best16['layout']}",
         )
     if e32:
@@ -689,6 +689,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.markdown_only:
         data = load_results(args.out_dir or RESULTS)
+        # The targets as the code states them now, on the saved figures.
+        data["summary"].update(summarize(data["results"]))
         update_markdown(markdown(data, data["summary"].get("command_line", "make bench")))
         print(f"rewrote the generated part of {MARKDOWN.name} from saved results")
         return 0
