@@ -13,10 +13,7 @@ import base64
 import io
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,6 +22,7 @@ import numpy as np
 import pytest
 from conftest import edit_metadata, free_port, stop, wait_ready
 from PIL import Image, ImageDraw
+from test_service_server import start
 
 from service.api.deps import chunk_for, max_images
 from service.imaging.png import grid, png_bytes
@@ -130,16 +128,6 @@ def any_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         export_tiny_model(root / name, KINDS[name], Z_DIM, shape, preparation)
     edit_metadata(root / "rgb32", label_names=LABELS)
     return root
-
-
-def start(model_dir: Path, port: int, log, **env: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO,
-        env={**os.environ, "VAE_MODEL_DIR": str(model_dir), "VAE_WORKERS": "1", **env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -31,6 +28,7 @@ from test_page import (
     _skip_reason,
     sync_playwright,
 )
+from test_service_server import start
 
 pytestmark = pytest.mark.browser
 CLASS_NAMES = [f"class-{i}" for i in range(10)]
@@ -61,18 +59,7 @@ def server(any_models: Path, tmp_path_factory):
     port = free_port()
     log_path = tmp_path_factory.mktemp("any-model-server") / "server.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO,
-            env={
-                **os.environ,
-                "VAE_MODEL_DIR": str(any_models),
-                "VAE_ACCESS_LOG": "false",
-                "VAE_WORKERS": "1",
-            },
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        process = start(any_models, port, log, VAE_ACCESS_LOG="false")
         base = f"http://127.0.0.1:{port}"
         try:
             wait_ready(process, base, log_path, START_TIMEOUT)
