@@ -157,17 +157,29 @@ def shrink_for_work(
     return image.reduce(factor, box)
 
 
-def _alpha_composite_gray(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Composite gray ink with alpha onto a background that contrasts with the ink.
+# ITU-R 601 luma, as Pillow's convert("L").
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ALPHA_MODES or "transparency" in image.info
+
+
+def _unpremultiplied(image: Image.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """A transparent image's (H, W, 3) colour, (H, W) gray and alpha in [0, 1], and the
+    background to composite it onto: one that contrasts with the content.
 
     Transparent pixels carry arbitrary (often black) colour, so a plain convert("L") turns
     black strokes on transparency into an all-black image. The ink is what is opaque: put it
-    on white if it is dark, on black if it is light.
+    on white (1) if it is dark, on black (0) if it is light.
     """
+    rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
+    rgb, alpha = rgba[..., :3], rgba[..., 3]
+    gray = rgb @ LUMA
     weight = alpha.sum()
     ink = float((gray * alpha).sum() / weight) if weight > 0 else 0.0
-    background = 1.0 if ink < 0.5 else 0.0
-    return np.asarray(gray * alpha + background * (1.0 - alpha))
+    return rgb, gray, alpha, 1.0 if ink < 0.5 else 0.0
 
 
 def to_grayscale(image: Image.Image) -> np.ndarray:
@@ -186,11 +198,9 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
         # from the values, the only information there is.
         scale = 1.0 if mode == "F" and peak <= 1.0 else 255.0 if peak <= 255 else 65535.0
         return np.clip(array / scale, 0.0, 1.0).astype(np.float32)
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-    if has_alpha:
-        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
-        gray = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        return _alpha_composite_gray(gray, rgba[..., 3]).astype(np.float32)
+    if _has_alpha(image):
+        _, gray, alpha, background = _unpremultiplied(image)
+        return np.asarray(gray * alpha + background * (1.0 - alpha), dtype=np.float32)
     if mode != "L":
         try:
             image = image.convert("L")
@@ -209,16 +219,10 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     if mode.startswith("I;16") or mode in ("I", "F"):
         gray = to_grayscale(image)
         return np.repeat(gray[..., None], 3, axis=2)
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-    if has_alpha:
-        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
-        rgb, alpha = rgba[..., :3], rgba[..., 3]
-        gray = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        weight = alpha.sum()
-        ink = float((gray * alpha).sum() / weight) if weight > 0 else 0.0
-        background = 1.0 if ink < 0.5 else 0.0
-        mixed = rgb * alpha[..., None] + background * (1.0 - alpha[..., None])
-        return np.asarray(mixed, dtype=np.float32)
+    if _has_alpha(image):
+        rgb, _, alpha, background = _unpremultiplied(image)
+        keep = alpha[..., None]
+        return np.asarray(rgb * keep + background * (1.0 - keep), dtype=np.float32)
     if mode != "RGB":
         try:
             image = image.convert("RGB")
