@@ -453,11 +453,8 @@ def markdown_table(report: dict) -> str:
         return _test_only_table(report)
     mnist = report["mnist_test"]
     prepared_typical = mnist["prepared"].get("typical_share")
-    score = report["score"] + (f" (k = {report['k']})" if report.get("k") else "")
     lines = [
-        f"Score: {score}; typical: score >= {report['threshold']:.4g} (the "
-        f"{100 * report.get('threshold_quantile', 0.01):g}% quantile of the scores of "
-        f"{report['threshold_from']}).",
+        _score_line(report),
         "",
         "| set | n | AUROC, raw | flagged atypical, raw | AUROC, prepared | flagged atypical, "
         "prepared | refused by preparation |",
@@ -475,17 +472,19 @@ def markdown_table(report: dict) -> str:
             f"| {_num(ready.get('auroc'))} | {_pct(ready.get('atypical_share'))} | "
             f"{ready['refused']} |"
         )
-    if "log_px" in report:
-        lp = report["log_px"]
-        lines += [
-            "",
-            f"Mean log p(x) (k = {lp['k']}, {lp['subset']} of {lp['of']} test images): "
-            f"{lp['mean_log_px']:.2f} +- {lp['sem_log_px']:.2f} nats (ELBO {lp['mean_elbo']:.2f}; "
-            f"{lp['bits_per_dim']:.4f} bits/dim of a continuous density).",
-        ]
+    lines += _log_px_line(report)
     for note in report.get("notes", []):
         lines.append(f"Note: {note}.")
     return "\n".join(lines)
+
+
+def _score_line(report: dict) -> str:
+    score = report["score"] + (f" (k = {report['k']})" if report.get("k") else "")
+    return (
+        f"Score: {score}; typical: score >= {report['threshold']:.4g} (the "
+        f"{100 * report.get('threshold_quantile', 0.01):g}% quantile of the scores of "
+        f"{report['threshold_from']})."
+    )
 
 
 def _log_px_line(report: dict) -> list[str]:
@@ -503,11 +502,8 @@ def _log_px_line(report: dict) -> list[str]:
 def _test_only_table(report: dict) -> str:
     """markdown_table of a report without OOD sets (a model of other images than digits)."""
     test = report["test"]
-    score = report["score"] + (f" (k = {report['k']})" if report.get("k") else "")
     lines = [
-        f"Score: {score}; typical: score >= {report['threshold']:.4g} (the "
-        f"{100 * report.get('threshold_quantile', 0.01):g}% quantile of the scores of "
-        f"{report['threshold_from']}).",
+        _score_line(report),
         "",
         f"Test images called typical: {_pct(test['raw']['typical_share'])} of {test['count']}.",
         *_log_px_line(report),
