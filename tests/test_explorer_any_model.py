@@ -16,19 +16,17 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import edit_metadata, free_port, stop, wait_ready
+from conftest import edit_metadata
 from PIL import Image
 from test_page import (
     CHROMIUM,
-    CHROMIUM_ARGS,
     REPO,
-    START_TIMEOUT,
     WAIT_MS,
     Session,
     _skip_reason,
-    sync_playwright,
+    chromium_browser,
+    serve,
 )
-from test_service_server import start
 
 pytestmark = pytest.mark.browser
 CLASS_NAMES = [f"class-{i}" for i in range(10)]
@@ -56,16 +54,9 @@ def any_models(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(any_models: Path, tmp_path_factory):
-    port = free_port()
     log_path = tmp_path_factory.mktemp("any-model-server") / "server.log"
-    with open(log_path, "wb") as log:
-        process = start(any_models, port, log, VAE_ACCESS_LOG="false")
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_ready(process, base, log_path, START_TIMEOUT)
-            yield base
-        finally:
-            stop(process)
+    with serve(any_models, log_path, VAE_WORKERS="1") as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +68,8 @@ def api(server: str):
 @pytest.fixture(scope="module")
 def browser(server: str):
     assert CHROMIUM.exists()
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
+    with chromium_browser() as chromium:
         yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -10,13 +10,16 @@ models, say) instead of the tiny untrained test models.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -138,19 +141,16 @@ def explorer_models(request, tmp_path_factory) -> Path:
     return with_typicality(model_dir, tmp_path_factory.mktemp("explorer-models"))
 
 
-@pytest.fixture(scope="module")
-def server(explorer_models: Path, tmp_path_factory) -> str:
-    """`python -m service` on a free loopback port; yields its base URL."""
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
+@contextlib.contextmanager
+def serve(model_dir: Path, log_path: Path, **env: str) -> Iterator[str]:
+    """`python -m service` on a free loopback port serving `model_dir`; yields its base URL
+    (shared with tests/test_explorer_any_model.py)."""
     port = free_port()
-    log_path = tmp_path_factory.mktemp("explorer-server") / "server.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
             cwd=REPO,
-            env={**os.environ, "VAE_MODEL_DIR": str(explorer_models), "VAE_ACCESS_LOG": "false"},
+            env={**os.environ, "VAE_MODEL_DIR": str(model_dir), "VAE_ACCESS_LOG": "false", **env},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -162,6 +162,27 @@ def server(explorer_models: Path, tmp_path_factory) -> str:
             stop(process)
 
 
+@contextlib.contextmanager
+def chromium_browser() -> Iterator[Any]:
+    """Headless Chromium (Debian's), closed afterwards."""
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def server(explorer_models: Path, tmp_path_factory) -> Iterator[str]:
+    """`python -m service` on a free loopback port; yields its base URL."""
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    with serve(explorer_models, tmp_path_factory.mktemp("explorer-server") / "server.log") as base:
+        yield base
+
+
 @pytest.fixture(scope="module")
 def api(server: str):
     with httpx.Client(base_url=server, timeout=30) as client:
@@ -170,12 +191,8 @@ def api(server: str):
 
 @pytest.fixture(scope="module")
 def browser(server: str):
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
+    with chromium_browser() as chromium:
         yield chromium
-        chromium.close()
 
 
 @pytest.fixture(scope="module")
