@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from conftest import edit_metadata, free_port, stop, wait_ready
 from PIL import Image, ImageDraw
-from test_service_server import start
+from test_service_server import failed_start, start
 
 from service.api.deps import chunk_for, max_images
 from service.imaging.png import grid, png_bytes
@@ -634,15 +634,7 @@ def test_a_shape_the_service_does_not_serve_stops_start_up(model_dir, tmp_path, 
     shutil.copytree(model_dir / "vae", models / "vae")
     metadata = json.loads((models / "vae" / "metadata.json").read_text())
     edit_metadata(models / "vae", input={**metadata["input"], "shape": shape, "preparation": "fit"})
-    log_path = tmp_path / "server.log"
-    with open(log_path, "wb") as log:
-        process = start(models, free_port(), log)
-        try:
-            process.wait(timeout=START_TIMEOUT)
-        finally:
-            stop(process)
-    assert process.returncode not in (0, None)
-    output = log_path.read_text()
+    output = failed_start(models, tmp_path / "server.log")
     assert str(models / "vae" / "metadata.json") in output, output[-3000:]
     assert str(shape) in output and "1-channel (grayscale) or 3-channel (RGB)" in output
 

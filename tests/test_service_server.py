@@ -31,6 +31,18 @@ def start(model_dir: Path, port: int, log, **env: str) -> subprocess.Popen:
     )
 
 
+def failed_start(model_dir: Path, log_path: Path) -> str:
+    """Start the service on `model_dir`, expect it to exit with an error; its output."""
+    with open(log_path, "wb") as log:
+        process = start(model_dir, free_port(), log)
+        try:
+            process.wait(timeout=START_TIMEOUT)
+        finally:
+            stop(process)
+    assert process.returncode not in (0, None)
+    return log_path.read_text()
+
+
 @pytest.fixture(scope="module")
 def server(model_dir, tmp_path_factory):
     port = free_port()
@@ -100,15 +112,7 @@ def test_server_request_id_and_access_log(server) -> None:
 def test_broken_model_stops_start_up(fresh_model_dir, tmp_path) -> None:
     path = fresh_model_dir / "vae" / "decoder.onnx"
     path.write_bytes(path.read_bytes()[:-10])
-    log_path = tmp_path / "server.log"
-    with open(log_path, "wb") as log:
-        process = start(fresh_model_dir, free_port(), log)
-        try:
-            process.wait(timeout=START_TIMEOUT)
-        finally:
-            stop(process)
-    assert process.returncode not in (0, None)
-    output = log_path.read_text()
+    output = failed_start(fresh_model_dir, tmp_path / "server.log")
     assert "vae/decoder.onnx" in output and "sha256" in output
 
 
