@@ -607,5 +607,17 @@ def test_export_and_evaluate_cli(tmp_path, idx_dir):
     shares = evaluation["samples_normal"]["class_shares"]
     assert sum(shares) == pytest.approx(1.0, abs=1e-3)
     assert 0 <= evaluation["samples_normal"]["class_entropy"] <= 1
-    for figure in ("reconstructions.png", "latent_scatter.png", "samples.png", "manifold.png"):
+    # How the judge reads the reconstructions of the 200 test digits: counts that add up, and
+    # an accuracy and recalls that are the confusion matrix's own.
+    judged = evaluation["reconstructions_judged"]
+    confusion = np.array(judged["confusion"])
+    assert confusion.shape == (10, 10) and confusion.sum() == judged["count"] == 200
+    assert judged["accuracy"] == pytest.approx(np.trace(confusion) / 200)
+    per_label = confusion.sum(1)
+    expected_recall = np.diag(confusion)[per_label > 0] / per_label[per_label > 0]
+    np.testing.assert_allclose(np.array(judged["recall"])[per_label > 0], expected_recall,
+                               atol=1e-4)  # fmt: skip
+    assert "read as their own label" in result.stdout
+    for figure in ("reconstructions.png", "latent_scatter.png", "samples.png", "manifold.png",
+                   "judged.png"):  # fmt: skip
         assert (model_dir / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -197,3 +197,30 @@ def sample_quality(
         "min_class_share": float(shares.min()),
         "frechet_distance": frechet_distance(features, reference_features),
     }
+
+
+def reconstruction_quality(
+    classifier: DigitClassifier,
+    reconstructions: np.ndarray,
+    labels: np.ndarray,
+    confidence: float = 0.9,
+) -> dict[str, float | list]:
+    """How the judge reads reconstructions of labelled images: the share read as their own
+    label, the confident share, each label's recall and the confusion matrix (rows: the
+    image's label, columns: the judge's reading; counts). Samples decode through the same
+    decoder, so this is their ceiling: a digit that its own reconstructions do not show
+    cannot be common among samples, however the prior is matched."""
+    probs, _ = predict(classifier, reconstructions)
+    classes = probs.shape[1]
+    read = probs.argmax(1)
+    confusion = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(confusion, (labels, read), 1)
+    per_label = confusion.sum(1)
+    recall = np.diag(confusion) / np.maximum(per_label, 1)
+    return {
+        "count": len(reconstructions),
+        "accuracy": float((read == labels).mean()),
+        "confident_share": float((probs.max(1) >= confidence).mean()),
+        "recall": [round(float(r), 4) for r in recall],
+        "confusion": confusion.tolist(),
+    }

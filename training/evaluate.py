@@ -167,8 +167,8 @@ def evaluate(
     normal_z = rng.standard_normal((samples, model.z_dim)).astype(np.float32)
     skipped = judge_skipped(train, test)
     if skipped is None:
-        _judge(result, model, train, test, z_mean, normal_z, rng, classifier_epochs, seed,
-               judge_cache, progress)  # fmt: skip
+        _judge(result, model, train, test, z_mean, recon, normal_z, rng, classifier_epochs,
+               seed, judge_cache, progress)  # fmt: skip
     else:
         print(f"judge: {skipped}", file=sys.stderr)
         result["classifier"] = None
@@ -187,7 +187,7 @@ def evaluate(
 
     if figures:
         result["figures"] = draw_figures(
-            model, model_dir, test, z_mean, recon, normal_z, test.label_names
+            model, model_dir, test, z_mean, recon, normal_z, test.label_names, result
         )
     (model_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
     metadata = read_metadata(model_dir)
@@ -203,6 +203,7 @@ def _judge(
     train: Digits,
     test: Digits,
     z_mean: np.ndarray,
+    recon: np.ndarray,
     normal_z: np.ndarray,
     rng: np.random.Generator,
     classifier_epochs: int | None,
@@ -211,8 +212,14 @@ def _judge(
     progress: bool,
 ) -> None:
     """Sample quality read by a classifier trained on the run's training split: into
-    `result` as "classifier", "samples_normal" (and "samples_box" for the AE)."""
-    from training.classifier import load_or_train_classifier, predict, sample_quality
+    `result` as "classifier", "reconstructions_judged" (how it reads `recon`, the decoded
+    test means), "samples_normal" (and "samples_box" for the AE)."""
+    from training.classifier import (
+        load_or_train_classifier,
+        predict,
+        reconstruction_quality,
+        sample_quality,
+    )
 
     assert test.labels is not None
     epochs_given = classifier_epochs is not None
@@ -237,6 +244,7 @@ def _judge(
     }
     if not train.digits:  # the digits' judge has the ten it always had
         result["classifier"]["classes"] = train.label_count
+    result["reconstructions_judged"] = reconstruction_quality(classifier, recon, test.labels)
     result["samples_normal"] = sample_quality(classifier, model.decode(normal_z), test_features)
     if model.kind == "ae":
         # The book samples the AE uniformly over the box its encodings occupy.
@@ -254,6 +262,7 @@ def draw_figures(
     recon: np.ndarray,
     normal_z: np.ndarray,
     label_names: list[str] | None = None,
+    result: dict | None = None,
 ) -> list[str]:
     from training import figures
 
@@ -282,6 +291,15 @@ def draw_figures(
         digits=digits,
     )
     names = ["reconstructions.png", "latent_scatter.png", "samples.png"]
+    if result and "reconstructions_judged" in result:  # only with a judge: labelled data
+        figures.plot_judged(
+            np.array(result["reconstructions_judged"]["confusion"]),
+            result["samples_normal"]["class_shares"],
+            out_dir / "judged.png",
+            f"{name}: what the judge reads, {test.source}",
+            label_names=label_names,
+        )
+        names.append("judged.png")
     if model.z_dim == 2:
         figures.plot_manifold(
             decode,
@@ -308,6 +326,13 @@ def summary_line(name: str, result: dict) -> str:
         f"class entropy {samples['class_entropy']:.3f}, "
         f"smallest class {samples['min_class_share']:.1%}, FD {samples['frechet_distance']:.1f}"
     )
+    if "reconstructions_judged" in result:  # absent in evaluations before it
+        judged = result["reconstructions_judged"]
+        line += (
+            f"; reconstructions (the samples' ceiling): {judged['accuracy']:.1%} read as their "
+            f"own label, {judged['confident_share']:.1%} confident, lowest recall "
+            f"{min(judged['recall']):.1%}"
+        )
     if "samples_box" in result:
         box = result["samples_box"]
         line += (

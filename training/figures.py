@@ -173,6 +173,51 @@ def plot_manifold(
     plt.close(fig)
 
 
+def plot_judged(
+    confusion: np.ndarray,
+    sample_shares: list[float],
+    path: Path,
+    title: str,
+    label_names: list[str] | None = None,
+) -> None:
+    """What the judge reads: left, its reading of the test reconstructions (rows: the image's
+    label, each row normalised); right, the share of each label among decoded N(0, I) samples
+    beside the share among the test images. A label its reconstructions lose (a pale diagonal
+    cell) is the one the samples lack."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    per_label = confusion.sum(1)
+    rows = confusion / np.maximum(per_label, 1)[:, None]
+    count = len(rows)
+    names = label_names or [str(i) for i in range(count)]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [1.1, 1]})
+    shown = left.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    for i in range(count):
+        for j in range(count):
+            if rows[i, j] >= 0.005:
+                left.text(j, i, f"{rows[i, j]:.0%}", ha="center", va="center", fontsize=7,
+                          color="white" if rows[i, j] > 0.5 else "black")  # fmt: skip
+    left.set_xticks(range(count), names, rotation=45 if label_names else 0, fontsize=8)
+    left.set_yticks(range(count), names, fontsize=8)
+    left.set_xlabel("the judge reads the reconstruction as")
+    left.set_ylabel("label of the test image")
+    left.set_title("reconstructions of test images")
+    fig.colorbar(shown, ax=left, fraction=0.046)
+    at = np.arange(count)
+    right.bar(at - 0.2, per_label / max(per_label.sum(), 1), 0.4, label="test images",
+              color="#9aa5b1")  # fmt: skip
+    right.bar(at + 0.2, sample_shares, 0.4, label="N(0, I) samples, as the judge reads them",
+              color="#1f77b4")  # fmt: skip
+    right.set_xticks(at, names, rotation=45 if label_names else 0, fontsize=8)
+    right.set_ylabel("share")
+    right.set_title("labels of decoded samples")
+    right.legend(fontsize=8)
+    right.grid(alpha=0.3, axis="y")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_training_curves(metrics: list[dict], path: Path, title: str) -> None:
     epochs = [m["epoch"] for m in metrics]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
