@@ -69,6 +69,9 @@ class TrainConfig:
     r_loss_factor: float = 1000.0
     # KL weight: 1 is the ELBO; ignored for the AE.
     kl_weight: float = 1.0
+    # KL warm-up: the KL weight rises linearly from 0 to kl_weight over this many epochs (step
+    # by step; 0 = off). Validation losses always use the full weight, so epochs compare.
+    kl_warmup: float = 0.0
     learning_rate: float = 5e-4
     # Step decay: lr = learning_rate * lr_decay ** epoch (1.0 = constant, the book's default).
     lr_decay: float = 1.0
@@ -114,6 +117,8 @@ class TrainConfig:
             raise ValueError("give at most one of data_dir, images_dir and npz")
         if self.channels not in (None, 1, 3):
             raise ValueError(f"channels must be 1 or 3, not {self.channels}")
+        if self.kl_warmup < 0:
+            raise ValueError(f"kl_warmup must be at least 0, not {self.kl_warmup}")
         if self.preparation not in (None, "digit", "fit", "none"):
             raise ValueError(f"preparation must be digit, fit or none, not {self.preparation!r}")
 

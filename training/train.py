@@ -212,7 +212,17 @@ class LossParts:
     mse: torch.Tensor
 
 
-def compute_loss(model: torch.nn.Module, x: torch.Tensor, config: TrainConfig) -> LossParts:
+def kl_scale(config: TrainConfig, epoch: int, step: int, steps: int) -> float:
+    """The share of the KL weight at `step` of `steps` in `epoch` (0-based): 1 without warm-up."""
+    if config.kl_warmup <= 0:
+        return 1.0
+    return min(1.0, (epoch + step / steps) / config.kl_warmup)
+
+
+def compute_loss(
+    model: torch.nn.Module, x: torch.Tensor, config: TrainConfig, kl_share: float = 1.0
+) -> LossParts:
+    """The loss of batch `x`; `kl_share` scales the KL weight (the warm-up; 1 = the config's)."""
     # The kind from the config: `model` may be a DistributedDataParallel wrapper.
     if config.model.kind == "ae":
         recon, _ = model(x)
@@ -223,7 +233,7 @@ def compute_loss(model: torch.nn.Module, x: torch.Tensor, config: TrainConfig) -
     reconstruction = reconstruction_term(recon, x, config.likelihood, config.r_loss_factor).mean()
     kl = kl_divergence(mu, log_var).mean()
     mse = per_image_mse(recon, x).mean()
-    return LossParts(reconstruction + config.kl_weight * kl, reconstruction, kl, mse)
+    return LossParts(reconstruction + kl_share * config.kl_weight * kl, reconstruction, kl, mse)
 
 
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
@@ -347,10 +357,10 @@ def train_epoch(
         mininterval=0.5,
         file=sys.stderr,
     )
-    for index in bar:
+    for step, index in enumerate(bar):
         x = images[index]
         x = augment(x, config, augmentation)
-        parts = compute_loss(model, x, config)
+        parts = compute_loss(model, x, config, kl_scale(config, epoch, step, len(batches)))
         optimizer.zero_grad(set_to_none=True)
         parts.loss.backward()
         optimizer.step()
@@ -724,6 +734,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.kl_weight,
         help="weight of the KL term (1 = the ELBO)",
     )
+    p.add_argument(
+        "--kl-warmup",
+        type=float,
+        default=defaults.kl_warmup,
+        metavar="EPOCHS",
+        help="raise the KL weight linearly from 0 over this many epochs (0 = off)",
+    )
     p.add_argument("--z-dim", type=int, default=model_defaults.z_dim, help="latent dimensions")
     p.add_argument("--batch-norm", action="store_true", help="BatchNorm after each conv")
     p.add_argument(
@@ -799,6 +816,7 @@ def main(argv: list[str] | None = None) -> int:
         likelihood=args.likelihood,
         r_loss_factor=args.r_loss_factor,
         kl_weight=args.kl_weight,
+        kl_warmup=args.kl_warmup,
         learning_rate=args.lr,
         lr_decay=args.lr_decay,
         batch_size=args.batch_size,
