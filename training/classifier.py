@@ -209,18 +209,22 @@ def reconstruction_quality(
     label, the confident share, each label's recall and the confusion matrix (rows: the
     image's label, columns: the judge's reading; counts). Samples decode through the same
     decoder, so this is their ceiling: a digit that its own reconstructions do not show
-    cannot be common among samples, however the prior is matched."""
+    cannot be common among samples, however the prior is matched. A label with no images has
+    no recall (None), not a recall of 0."""
     probs, _ = predict(classifier, reconstructions)
     classes = probs.shape[1]
     read = probs.argmax(1)
     confusion = np.zeros((classes, classes), dtype=np.int64)
     np.add.at(confusion, (labels, read), 1)
     per_label = confusion.sum(1)
-    recall = np.diag(confusion) / np.maximum(per_label, 1)
+    recall = [
+        round(float(hits / count), 4) if count else None
+        for hits, count in zip(np.diag(confusion), per_label, strict=True)
+    ]
     return {
         "count": len(reconstructions),
         "accuracy": float((read == labels).mean()),
         "confident_share": float((probs.max(1) >= confidence).mean()),
-        "recall": [round(float(r), 4) for r in recall],
+        "recall": recall,
         "confusion": confusion.tolist(),
     }

@@ -328,10 +328,11 @@ def summary_line(name: str, result: dict) -> str:
     )
     if "reconstructions_judged" in result:  # absent in evaluations before it
         judged = result["reconstructions_judged"]
+        recalls = [r for r in judged["recall"] if r is not None]  # labels the test set has
         line += (
             f"; reconstructions (the samples' ceiling): {judged['accuracy']:.1%} read as their "
             f"own label, {judged['confident_share']:.1%} confident, lowest recall "
-            f"{min(judged['recall']):.1%}"
+            f"{min(recalls):.1%}"
         )
     if "samples_box" in result:
         box = result["samples_box"]
