@@ -35,7 +35,7 @@ from training.train import (
     ConfigError,
     Distributed,
     distributed_from_env,
-    kl_scale,
+    kl_share_at,
     per_rank_batch_size,
     random_affine,
     random_shift,
@@ -318,11 +318,11 @@ def test_reconstruction_quality_gives_no_recall_to_a_label_without_images():
 
 def test_kl_warmup_ramps_the_kl_weight_step_by_step():
     config = TrainConfig(kl_warmup=2)
-    assert kl_scale(config, epoch=0, step=0, steps=100) == 0.0
-    assert kl_scale(config, epoch=0, step=50, steps=100) == pytest.approx(0.25)
-    assert kl_scale(config, epoch=1, step=50, steps=100) == pytest.approx(0.75)
-    assert kl_scale(config, epoch=2, step=0, steps=100) == 1.0
-    assert kl_scale(TrainConfig(), epoch=0, step=0, steps=100) == 1.0  # off by default
+    assert kl_share_at(config, epoch=0, step=0, steps=100) == 0.0
+    assert kl_share_at(config, epoch=0, step=50, steps=100) == pytest.approx(0.25)
+    assert kl_share_at(config, epoch=1, step=50, steps=100) == pytest.approx(0.75)
+    assert kl_share_at(config, epoch=2, step=0, steps=100) == 1.0
+    assert kl_share_at(TrainConfig(), epoch=0, step=0, steps=100) == 1.0  # off by default
     with pytest.raises(ValueError, match="kl_warmup"):
         TrainConfig(kl_warmup=-1)
 

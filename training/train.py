@@ -212,7 +212,7 @@ class LossParts:
     mse: torch.Tensor
 
 
-def kl_scale(config: TrainConfig, epoch: int, step: int, steps: int) -> float:
+def kl_share_at(config: TrainConfig, epoch: int, step: int, steps: int) -> float:
     """The share of the KL weight at `step` of `steps` in `epoch` (0-based): 1 without warm-up."""
     if config.kl_warmup <= 0:
         return 1.0
@@ -360,7 +360,7 @@ def train_epoch(
     for step, index in enumerate(bar):
         x = images[index]
         x = augment(x, config, augmentation)
-        parts = compute_loss(model, x, config, kl_scale(config, epoch, step, len(batches)))
+        parts = compute_loss(model, x, config, kl_share_at(config, epoch, step, len(batches)))
         optimizer.zero_grad(set_to_none=True)
         parts.loss.backward()
         optimizer.step()
