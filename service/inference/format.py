@@ -197,6 +197,31 @@ class Typicality(BaseModel):
         return self
 
 
+class PriorSpec(BaseModel):
+    """A fitted prior: a Gaussian mixture over the training split's encodings, and one per
+    label where the data had labels (service/inference/prior.py reads the file)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    file: FileName
+    sha256: Sha256
+    kind: Literal["gaussian_mixture"] = Field(
+        "gaussian_mixture", description="full-covariance Gaussian mixture"
+    )
+    fitted_on: str = Field(
+        description="which encodings were fitted: 'mu' (the VAE's means), 'posterior_sample' "
+        "(one z ~ q(z|x) per image) or 'z' (the AE's codes)"
+    )
+    components: Annotated[StrictInt, Field(ge=1)] = Field(
+        description="mixture components over the whole training split"
+    )
+    per_label: bool = Field(False, description="one mixture per label is in the file")
+    default: Literal["normal", "fitted"] = Field(
+        description="the prior GET /sample uses when the request names none"
+    )
+    how_chosen: str = Field(description="how the components and the default were chosen")
+
+
 class ModelMetadata(BaseModel):
     """A model folder's metadata.json (format `vae-service-model/1`).
 
@@ -240,6 +265,12 @@ class ModelMetadata(BaseModel):
     typicality: Typicality | None = Field(
         None,
         description="held-out scores for POST /score's typicality verdict (optional)",
+        exclude_if=lambda value: value is None,
+    )
+    # Left out when absent, so folders from before it round-trip.
+    prior: PriorSpec | None = Field(
+        None,
+        description="a fitted prior for GET /sample?prior=fitted and &label= (optional)",
         exclude_if=lambda value: value is None,
     )
 
