@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import os
+import posixpath
 import re
 import subprocess
 import sys
@@ -52,26 +53,50 @@ def test_index_is_the_explorer(client) -> None:
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/html")
     html = r.text
-    for needle in ('id="draw"', 'id="map"', 'src="static/app.js"', 'href="static/style.css"'):
+    needles = ('id="draw"', 'id="map"', '<script type="module" src="static/app.js">')
+    for needle in (*needles, 'href="static/style.css"'):
         assert needle in html
 
 
+IMPORT = re.compile(r'^import (?:\{[^}]*\} from )?"(\./[^"]+)";$', re.MULTILINE)
+
+
 def _assets(html: str) -> list[str]:
-    return re.findall(r'(?:src|href)="(static/[^"]+)"', html)
+    """What the page loads: its src/href assets and, from each module, what it imports
+    (relative `import ... from "./x.js"`), as paths under static/."""
+    found = re.findall(r'(?:src|href)="(static/[^"]+)"', html)
+    todo = [a for a in found if a.endswith(".js")]
+    while todo:
+        module = todo.pop()
+        text = (STATIC / module.removeprefix("static/")).read_text(encoding="utf-8")
+        for target in IMPORT.findall(text):
+            path = posixpath.normpath(posixpath.join(posixpath.dirname(module), target))
+            if path not in found:
+                found.append(path)
+                todo.append(path)
+    return found
 
 
 EXPECTED_TYPES = {".js": ("text/javascript", "application/javascript"), ".css": ("text/css",)}
 
 
 def test_static_assets_are_served_with_their_types(client) -> None:
+    """Every asset the page loads, modules included, is served with its type (a browser runs
+    a module script only when served as JavaScript), and nothing in static/ is left unused."""
     assets = _assets(client.get("/").text)
-    assert sorted(assets) == ["static/analysis.js", "static/app.js", "static/style.css"]
+    assert {"static/app.js", "static/style.css", "static/js/map.js"} <= set(assets)
     for asset in assets:
         r = client.get("/" + asset)
         assert r.status_code == 200, asset
         kind = r.headers["content-type"].split(";")[0].strip()
         assert kind in EXPECTED_TYPES[Path(asset).suffix], (asset, kind)
-        assert r.content == (STATIC / Path(asset).name).read_bytes()
+        assert r.content == (STATIC / asset.removeprefix("static/")).read_bytes()
+    on_disk = {
+        "static/" + p.relative_to(STATIC).as_posix()
+        for p in STATIC.rglob("*")
+        if p.is_file() and p.name != "index.html"
+    }
+    assert on_disk == set(assets), on_disk ^ set(assets)
 
 
 def test_page_and_its_start_up_data_weigh_under_300_kb(client) -> None:
@@ -94,7 +119,7 @@ def test_page_and_its_start_up_data_weigh_under_300_kb(client) -> None:
 
 def test_static_files_make_no_external_requests() -> None:
     """No CDN, no web fonts, no analytics: nothing in service/static names another host."""
-    for path in STATIC.iterdir():
+    for path in (p for p in STATIC.rglob("*") if p.is_file()):
         text = path.read_text(encoding="utf-8")
         assert not re.search(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.IGNORECASE), path
         assert "@import" not in text and "import(" not in text, path
@@ -721,7 +746,7 @@ def test_page_asks_for_the_api_key_and_then_loads(browser, keyed_server, shots) 
         s.close()
 
 
-# --------------------------------------------------------------------------- analysis.js
+# ------------------------------------------------------ js/interpolate.js, js/score.js
 
 
 def _rgb_at(session, z: list[float]) -> list[int]:
