@@ -3,13 +3,15 @@
 // together; `window.explorer` exposes the state for the browser tests.
 
 import { api } from "./js/api.js";
+import { classes, setupClasses, showClassControls } from "./js/classes.js";
 import { sendInput, setupPad } from "./js/input.js";
 import { interp, request as requestInterpolation, setupInterpolate } from "./js/interpolate.js";
 import { manifoldAxis } from "./js/manifold.js";
 import { allMaps, LatentMap, maps } from "./js/map.js";
 import { normCdf, normPpf } from "./js/normal.js";
+import { ellipseOf, setupPriors } from "./js/priors.js";
 import { pin, probe, probeIdle, unpin } from "./js/probe.js";
-import { sample } from "./js/sample.js";
+import { setupSample, showSampleControls } from "./js/sample.js";
 import { scores } from "./js/score.js";
 import { imageShape, isDigitModel, modelLabel, state } from "./js/state.js";
 import { $, setStatus } from "./js/util.js";
@@ -41,6 +43,8 @@ async function switchModel(name) {
   state.model = name;
   $("samples").hidden = true;
   $("sample-note").textContent = "";
+  showSampleControls();
+  showClassControls();
   if (state.input) sendInput(state.input, { fresh: false });
   await render();
 }
@@ -52,7 +56,9 @@ async function start() {
   );
   setupPad();
   setupInterpolate();
-  $("sample-form").addEventListener("submit", sample);
+  setupPriors();
+  setupSample();
+  setupClasses();
   $("clear-pins").addEventListener("click", () => {
     while (state.pins.length) unpin();
   });
@@ -76,6 +82,8 @@ async function start() {
       "service: draw or drop an image, see where each model puts it in its latent space.";
   }
   buildModelSwitch(list);
+  showSampleControls();
+  showClassControls();
   if (!comparePair()) {
     const radio = $("view-compare");
     radio.disabled = true;
@@ -93,5 +101,7 @@ window.explorer = {
   maps: () => allMaps(),
   probeIdle,
   analysis: { interp, scores, request: requestInterpolation },
+  classes,
+  ellipseOf,
 };
 start();

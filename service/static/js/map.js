@@ -13,8 +13,9 @@ import { ACCENT, fmt, labelColor } from "./util.js";
 export const maps = { main: null, compare: [] };
 export const allMaps = () => [maps.main, ...maps.compare];
 
-// Extra drawing on the points view, inside the plot's clip: `over` after the pins.
-const overlays = { over: [] };
+// Extra drawing on the points view, inside the plot's clip: `points` right after the held-out
+// points, `over` after the pins.
+const overlays = { points: [], over: [] };
 export function addOverlay(layer, draw) {
   overlays[layer].push(draw);
 }
@@ -323,6 +324,7 @@ export class LatentMap {
       }
       ctx.globalAlpha = 1;
     }
+    for (const draw of overlays.points) draw(this); // e.g. the fitted prior (priors.js)
     this.drawPins();
     for (const draw of overlays.over) draw(this); // e.g. interpolation paths (interpolate.js)
     this.drawEncoding(unit);

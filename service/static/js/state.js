@@ -18,6 +18,8 @@ export const state = {
   decodes: 0, // /decode answers drawn into the probe (for tests)
   requests: 0, // guards against answers arriving out of order
   highlight: null, // a label picked in the legend, or null
+  priors: new Map(), // name -> {pending, body}: GET /models/{name}/prior (js/priors.js)
+  showPrior: true, // the fitted prior's ellipses on the map (its checkbox)
 };
 
 export function modelInfo(name) {

@@ -6,6 +6,7 @@ import { encodeOthers, setInputText } from "./input.js";
 import { onView as onInterpolateView } from "./interpolate.js";
 import { MANIFOLD_N, manifold } from "./manifold.js";
 import { allMaps, maps } from "./map.js";
+import { updatePriorToggle } from "./priors.js";
 import { probe } from "./probe.js";
 import { projectZ } from "./projection.js";
 import { imageShape, isDigitModel, labelName, modelInfo, modelLabel, state } from "./state.js";
@@ -139,6 +140,7 @@ export async function render() {
   if (compare) await showCompare();
   else await showMainMap();
   onInterpolateView();
+  updatePriorToggle();
 }
 
 // One entry per label present (its class name when the model has label_names), then "you".
@@ -173,6 +175,7 @@ function renderLegend(points, kind, name) {
         b.setAttribute("aria-pressed", String(b === button && state.highlight !== null));
       }
       for (const map of allMaps()) map.draw();
+      updatePriorToggle(); // the picked label's own fit, where there is one
     });
     li.append(button);
     legend.append(li);
