@@ -133,6 +133,24 @@ class Model:
             for label in self.prior.labels
         }
 
+    def sample_z(
+        self,
+        n: int,
+        rng: np.random.Generator,
+        temperature: float = 1.0,
+        prior: str = "normal",
+        label: int | None = None,
+    ) -> np.ndarray:
+        """n latent vectors (float32): 'normal' is N(0, temperature^2 I) (the draws GET /sample
+        always made, so a seed gives the same bytes as before priors); 'fitted' the fitted
+        mixture (of `label`'s fit when given), each component's spread times temperature.
+        KeyError for a label without a fit, ValueError for 'fitted' without a prior."""
+        if prior == "normal":
+            return (rng.standard_normal((n, self.z_dim)) * temperature).astype(np.float32)
+        if prior != "fitted" or self.prior is None:
+            raise ValueError(f"model {self.name!r} has no prior {prior!r}")
+        return self.prior.sample(n, rng, temperature, label)
+
     def _observe(self, graph: str, batch: int, start: float) -> None:
         if self.observer is not None:
             self.observer(self.name, graph, batch, time.perf_counter() - start)
