@@ -89,10 +89,40 @@ def test_encode_same_as_fastapi(clients, digit_png, url, variant) -> None:
         "scale=17",
         "model=nope",
         "n=2&n=3&seed=1",
+        "prior=normal&seed=1&n=3",
+        "prior=fitted&seed=1",  # no fitted prior: the 422
+        "prior=uniform",
+        "label=3",
     ],
 )
 def test_sample_same_as_fastapi(clients, query) -> None:
     hot, plain = clients
+    assert answer(hot, "GET", "/sample?" + query) == answer(plain, "GET", "/sample?" + query)
+
+
+@pytest.fixture(scope="module")
+def prior_clients(prior_model_dir: Path):
+    """(hot, plain) over tiny models with fitted priors."""
+    with make_client(prior_model_dir) as hot, make_client(prior_model_dir) as plain:
+        plain.app.dependency_overrides[get_registry] = get_registry
+        yield hot, plain
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "seed=1&n=3",
+        "prior=fitted&seed=1&n=3&format=json",
+        "prior=normal&seed=1&n=3",
+        "model=ae&seed=2&format=json",  # its metadata's default: fitted
+        "model=ae&prior=normal&seed=2",  # the note
+        "model=bare&prior=fitted",
+        "label=3&seed=1",
+        "per_label=2&seed=1&model=ae",
+    ],
+)
+def test_sample_with_priors_same_as_fastapi(prior_clients, query) -> None:
+    hot, plain = prior_clients
     assert answer(hot, "GET", "/sample?" + query) == answer(plain, "GET", "/sample?" + query)
 
 

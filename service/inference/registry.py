@@ -1,9 +1,10 @@
 """The model registry: load, check and hold every exported model of a model directory.
 
 A model folder (written by `vae-export`) holds encoder.onnx, decoder.onnx and metadata.json
-(`service.inference.format`). Every ONNX file is checked against the metadata (sha256, input
-and output names, shapes, dtypes) and warmed up before anything is served; any mismatch is a
-`ModelLoadError` naming the file.
+(`service.inference.format`), and optionally a fitted prior (`prior.npz`). Every ONNX file is
+checked against the metadata (sha256, input and output names, shapes, dtypes) and warmed up
+before anything is served, the prior file by sha256 and its shapes against z_dim; any mismatch
+is a `ModelLoadError` naming the file.
 
     registry = ModelRegistry.load(Path("models"), default="vae")
     model = registry.get("vae")
@@ -19,6 +20,7 @@ from typing import Any
 
 from service.inference.format import METADATA, ModelLoadError, ModelMetadata, read_metadata
 from service.inference.model import InferenceObserver, LatentPlane, Model
+from service.inference.prior import FittedPrior, load_prior
 from service.inference.sessions import check_tensor, open_session, session_options
 
 
@@ -68,6 +70,7 @@ def load_model(
         decoder=decoder,
         latent_points=points,
         plane=plane,
+        prior=_read_prior(folder, metadata),
         observer=observer,
     )
     model.warm_up()
@@ -134,6 +137,27 @@ def _read_latent_points(
         )
     plane = _plane(path, points["plane"], metadata.z_dim) if "plane" in points else None
     return data, plane
+
+
+def _read_prior(folder: Path, metadata: ModelMetadata) -> FittedPrior | None:
+    """The fitted prior metadata.json names (sha256 and shapes checked), or None."""
+    spec = metadata.prior
+    if spec is None:
+        return None
+    path = folder / spec.file
+    prior = load_prior(path, metadata.z_dim, spec.sha256)
+    if spec.per_label != prior.per_label:
+        has = "has" if prior.per_label else "has no"
+        raise ModelLoadError(
+            f"{path}: {has} per-label mixtures, metadata.json says prior.per_label is "
+            f"{str(spec.per_label).lower()}"
+        )
+    if spec.components != len(prior.overall.weights):
+        raise ModelLoadError(
+            f"{path}: has {len(prior.overall.weights)} components, metadata.json says "
+            f"prior.components is {spec.components}"
+        )
+    return prior
 
 
 def _check_figures(folder: Path, metadata: ModelMetadata) -> None:
