@@ -24,7 +24,9 @@ export function showClassControls() {
   classes.ticket += 1;
   classes.result = null;
   $("class-rows").replaceChildren();
-  $("class-note").textContent = "";
+  $("class-note").textContent = ok
+    ? "One row per class, each from that class's own fitted mixture: press Sample."
+    : "";
 }
 
 function row(answer, entry) {

@@ -113,7 +113,8 @@ function drawPrior(map) {
       covariance: cov,
       weight: component.weight,
       center: [cx, cy],
-      radii: radii.map((r) => r * unit),
+      sd: radii, // the 1σ half-axes in map units
+      radii: radii.map((r) => r * unit), // ... and in CSS pixels
       angle,
       label,
     });

@@ -83,7 +83,7 @@ async function showMainMap() {
       line: "The latent line (z_dim 1)",
     }[proj.kind] || "The latent plane";
     $("map-hint").textContent = `Held-out ${things}, coloured by label (click a label in the ` +
-      "legend to pick it out); dashed: 1σ and 2σ of N(0, I). Hover or drag to decode " +
+      "legend to pick it out); grey dashed circles: 1σ and 2σ of N(0, I). Hover or drag to decode " +
       "any point, click to pin it; keyboard: arrows move (Shift: faster), Enter pins.";
     maps.main.canvas.dataset.ready = "points";
   }
