@@ -413,3 +413,22 @@ def test_sampler_json_settings_by_hand(http) -> None:
     body["inputs"][0].update(shape=[2], data=[1, 2])
     r = http.post("/v2/models/vae-sampler/infer", json=body)
     assert r.status_code == 400 and "one value" in r.json()["error"]
+
+
+def test_rgb_model_with_a_prior_and_names_needing_escapes(tmp_path) -> None:
+    """Any shape: a 3x16x16 model of z_dim 5; a label name with a slash and a space."""
+    names = ["T-shirt/top", "Ankle boot", *[f"class {i}" for i in range(2, 10)]]
+    export_tiny_model(tmp_path / "rgb", "vae", z_dim=5, shape=(3, 16, 16), prior=True,
+                      prior_default="fitted", label_names=names)  # fmt: skip
+    with make_client(tmp_path, default_model="rgb") as client:
+        grid = client.get("/sample", params={"per_label": 3, "seed": 1})
+        assert grid.status_code == 200
+        assert picture(grid.content).shape == (10 * 16 + 9 * GAP, 3 * 16 + 2 * GAP, 3)
+        boot = client.get("/sample", params={"label": "ankle boot", "n": 2, "format": "json"})
+        assert boot.json()["label"] == 1 and len(boot.json()["z"][0]) == 5
+        shirt = client.get("/sample", params={"label": "T-shirt/top", "n": 2, "seed": 3})
+        assert shirt.headers["x-prior"] == "fitted"
+        assert shirt.content == client.get("/sample?label=0&n=2&seed=3").content
+        body = client.get("/models/rgb/prior").json()
+        assert len(body["components"][0]["covariance"]) == 5
+        assert body["labels"][0]["name"] == "T-shirt/top"
