@@ -130,10 +130,12 @@ def sample_prior(
     temperature: float,
     fmt: ImageFormat,
     scale: int,
-    prior: PriorName = PriorName.normal,
+    prior: PriorName | None = None,
     label: int | None = None,
 ) -> Response:
-    """n images decoded from z drawn from `prior` (choose_prior's answer: checked) with `seed`."""
+    """n images decoded from z drawn with `seed` from `prior` (choose_prior's answer: checked;
+    None: the model's default) and `label`'s mixture when given."""
+    prior = PriorName(model.default_prior) if prior is None else prior
     z = model.sample_z(n, np.random.default_rng(seed), temperature, prior.value, label)
     note = sampling_note(model, prior)
     extra = {} if label is None else {"label": label}
