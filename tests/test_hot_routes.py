@@ -201,6 +201,30 @@ def test_well_formed_requests_skip_fastapi(clients, digit_png) -> None:
         layer.app = inner
 
 
+def test_prior_requests_skip_fastapi_and_labels_go_to_it(prior_clients) -> None:
+    """prior= (and a default of fitted) is answered here; label= and per_label= by FastAPI."""
+    hot, _ = prior_clients
+    layer = hot.app.middleware_stack
+    while not isinstance(layer, HotRoutesMiddleware):
+        layer = layer.app
+    inner, calls = layer.app, []
+
+    async def counting(scope, receive, send):
+        calls.append(scope["query_string"])
+        await inner(scope, receive, send)
+
+    layer.app = counting
+    try:
+        for query in ("prior=fitted&n=2", "model=ae&n=2", "prior=normal&model=ae&n=2"):
+            assert hot.get("/sample?" + query).status_code == 200
+        assert calls == []
+        assert hot.get("/sample?label=1&n=2").status_code == 200
+        assert hot.get("/sample?model=bare&prior=fitted").status_code == 422
+        assert calls == [b"label=1&n=2", b"model=bare&prior=fitted"]
+    finally:
+        layer.app = inner
+
+
 def drive(client, content: bytes, tail: list[dict]) -> list[dict]:
     """Send POST /encode (multipart) straight to the app: `content` as a first, incomplete
     chunk, then the messages of `tail` (an empty tail: the client goes silent)."""

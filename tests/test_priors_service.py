@@ -43,7 +43,8 @@ def prior_dir(prior_model_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def http(prior_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+def server(prior_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """(base URL, "host:port") of one server over the tiny models with priors."""
     from test_service_server import start
 
     port = free_port()
@@ -53,10 +54,25 @@ def http(prior_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         base = f"http://127.0.0.1:{port}"
         try:
             wait_ready(process, base, log_path, START_TIMEOUT)
-            with httpx.Client(base_url=base, timeout=30) as client:
-                yield client
+            yield base, f"127.0.0.1:{port}"
         finally:
             stop(process)
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server[0], timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def triton(server):
+    httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] (dev extra)")
+    client = httpclient.InferenceServerClient(url=server[1], network_timeout=30.0)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def prior_of(prior_dir: Path, name: str):
@@ -292,3 +308,127 @@ def test_cli_start_up_names_the_bad_prior_file(broken, tmp_path) -> None:
     path.write_bytes(b"not an npz")
     output = failed_start(broken, tmp_path / "server.log")
     assert "vae/prior.npz" in output and "sha256" in output
+
+
+# --- the Open Inference Protocol's sampler, through tritonclient ---------------------------
+
+
+def settings(**values: object) -> list:
+    """The sampler's inputs as tritonclient sends them: one element each."""
+    from tritonclient import http as httpclient
+
+    types = {"count": "INT64", "seed": "INT64", "label": "INT64", "temperature": "FP32"}
+    inputs = []
+    for name, value in values.items():
+        if name == "prior":
+            tensor = httpclient.InferInput(name, [1], "BYTES")
+            tensor.set_data_from_numpy(np.array([str(value).encode()], dtype=np.object_))
+        else:
+            tensor = httpclient.InferInput(name, [1], types[name])
+            dtype = np.float32 if types[name] == "FP32" else np.int64
+            tensor.set_data_from_numpy(np.array([value], dtype=dtype))
+        inputs.append(tensor)
+    return inputs
+
+
+def test_sampler_metadata(triton, prior_dir) -> None:
+    meta = triton.get_model_metadata("ae-sampler")
+    assert meta["platform"] == "sampler" and triton.is_model_ready("bare-sampler")
+    assert [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]] == [
+        ("count", "INT64", [1]),
+        ("seed", "INT64", [1]),
+        ("temperature", "FP32", [1]),
+        ("prior", "BYTES", [1]),
+        ("label", "INT64", [1]),
+    ]
+    assert [(t["name"], t["shape"]) for t in meta["outputs"]] == [
+        ("image", [-1, 1, 28, 28]),
+        ("z", [-1, 2]),
+    ]
+
+
+def test_sampler_draws_as_get_sample(triton, http, prior_dir) -> None:
+    """The same z as GET /sample for the same settings and seed, and the decoder's images."""
+    import onnxruntime as ort
+
+    result = triton.infer("vae-sampler", settings(count=6, seed=11, label=3, temperature=0.5))
+    assert result.get_response()["parameters"] == {"prior": "fitted", "label": 3}
+    rest = http.get("/sample?n=6&seed=11&label=3&temperature=0.5&format=json").json()
+    z = result.as_numpy("z")
+    assert z.shape == (6, 2) and np.array_equal(z, np.asarray(rest["z"], np.float32))
+    decoder = ort.InferenceSession(str(prior_dir / "vae" / "decoder.onnx"))
+    assert np.array_equal(result.as_numpy("image"), decoder.run(None, {"z": z})[0])
+    normal = triton.infer("vae-sampler", settings(count=2, seed=1, prior="normal"))
+    expected = np.random.default_rng(1).standard_normal((2, 2)).astype(np.float32)
+    assert np.array_equal(normal.as_numpy("z"), expected)
+
+
+def test_sampler_default_prior_and_no_seed(triton) -> None:
+    ae = triton.infer("ae-sampler", settings(count=3))
+    assert ae.get_response()["parameters"] == {"prior": "fitted"}
+    bare = triton.infer("bare-sampler", settings(count=3))
+    assert bare.get_response()["parameters"] == {"prior": "normal"}
+    assert not np.array_equal(
+        bare.as_numpy("z"), triton.infer("bare-sampler", settings(count=3)).as_numpy("z")
+    )
+
+
+@pytest.mark.parametrize(
+    ("model", "values", "words"),
+    [
+        ("bare-sampler", {"count": 2, "label": 1}, "'bare' has no fitted prior, so no labels"),
+        ("bare-sampler", {"count": 2, "prior": "fitted"}, "has no fitted prior"),
+        ("ae-sampler", {"count": 2, "label": 12}, "0 (zero), 1 (one)"),
+        ("ae-sampler", {"count": 2, "label": 1, "prior": "normal"}, "prior=fitted"),
+        ("ae-sampler", {"count": 0}, "'count' must be 1..64"),
+        ("ae-sampler", {"count": 65}, "'count' must be 1..64"),
+        ("ae-sampler", {"count": 1, "seed": -1}, "'seed' must be 0 or more"),
+        ("ae-sampler", {"count": 1, "temperature": 11}, "within +-10"),
+        ("ae-sampler", {"count": 1, "prior": "uniform"}, "must be one of ['normal', 'fitted']"),
+        ("ae-sampler", {"seed": 1}, "needs input(s) ['count']"),
+    ],
+)
+def test_sampler_refusals_are_400(triton, model, values, words) -> None:
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises(InferenceServerException) as info:
+        triton.infer(model, settings(**values))
+    assert info.value.status() == "400" and words in info.value.message(), info.value.message()
+
+
+def test_sampler_json_settings_by_hand(http) -> None:
+    """Plain JSON: [1, 1] shapes are one element too; an INT64 setting must be an integer."""
+    body = {
+        "inputs": [
+            {"name": "count", "datatype": "INT64", "shape": [1, 1], "data": [[2]]},
+            {"name": "prior", "datatype": "BYTES", "shape": [1], "data": ["fitted"]},
+        ],
+        "outputs": [{"name": "z"}],
+    }
+    r = http.post("/v2/models/vae-sampler/infer", json=body)
+    assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [2, 2]
+    body["inputs"][0]["data"] = [[2.5]]
+    r = http.post("/v2/models/vae-sampler/infer", json=body)
+    assert r.status_code == 400 and "integers" in r.json()["error"]
+    body["inputs"][0].update(shape=[2], data=[1, 2])
+    r = http.post("/v2/models/vae-sampler/infer", json=body)
+    assert r.status_code == 400 and "one value" in r.json()["error"]
+
+
+def test_rgb_model_with_a_prior_and_names_needing_escapes(tmp_path) -> None:
+    """Any shape: a 3x16x16 model of z_dim 5; a label name with a slash and a space."""
+    names = ["T-shirt/top", "Ankle boot", *[f"class {i}" for i in range(2, 10)]]
+    export_tiny_model(tmp_path / "rgb", "vae", z_dim=5, shape=(3, 16, 16), prior=True,
+                      prior_default="fitted", label_names=names)  # fmt: skip
+    with make_client(tmp_path, default_model="rgb") as client:
+        grid = client.get("/sample", params={"per_label": 3, "seed": 1})
+        assert grid.status_code == 200
+        assert picture(grid.content).shape == (10 * 16 + 9 * GAP, 3 * 16 + 2 * GAP, 3)
+        boot = client.get("/sample", params={"label": "ankle boot", "n": 2, "format": "json"})
+        assert boot.json()["label"] == 1 and len(boot.json()["z"][0]) == 5
+        shirt = client.get("/sample", params={"label": "T-shirt/top", "n": 2, "seed": 3})
+        assert shirt.headers["x-prior"] == "fitted"
+        assert shirt.content == client.get("/sample?label=0&n=2&seed=3").content
+        body = client.get("/models/rgb/prior").json()
+        assert len(body["components"][0]["covariance"]) == 5
+        assert body["labels"][0]["name"] == "T-shirt/top"

@@ -62,6 +62,19 @@ AE_FITTED_NOTE = (
 )
 MAX_TEMPERATURE = 10.0
 MAX_PER_LABEL = 32
+_TEXT = {"type": "string"}
+SAMPLE_HEADERS: dict[str, Any] = {
+    "X-Prior": {
+        "description": "the prior that drew z: normal or fitted",
+        "schema": {"type": "string", "enum": [p.value for p in PriorName]},
+    },
+    "X-Labels": {
+        "description": "per_label: the rows' labels, in order, comma-separated",
+        "schema": _TEXT,
+    },
+    "X-Note": {"description": "caveats, e.g. a plain AE sampled from N(0, I)", "schema": _TEXT},
+    "X-Model": {"description": "the model that answered", "schema": _TEXT},
+}
 
 
 def image_response(
@@ -117,10 +130,12 @@ def sample_prior(
     temperature: float,
     fmt: ImageFormat,
     scale: int,
-    prior: PriorName = PriorName.normal,
+    prior: PriorName | None = None,
     label: int | None = None,
 ) -> Response:
-    """n images decoded from z drawn from `prior` (choose_prior's answer: checked) with `seed`."""
+    """n images decoded from z drawn with `seed` from `prior` (choose_prior's answer: checked;
+    None: the model's default) and `label`'s mixture when given."""
+    prior = PriorName(model.default_prior) if prior is None else prior
     z = model.sample_z(n, np.random.default_rng(seed), temperature, prior.value, label)
     note = sampling_note(model, prior)
     extra = {} if label is None else {"label": label}
@@ -249,7 +264,7 @@ def router(settings: Settings) -> APIRouter:
         "/sample",
         response_model=SampleResponse | PerLabelResponse,
         summary="Decode random latent vectors",
-        responses={200: PNG_RESPONSE, **errors(404, 422)},
+        responses={200: {**PNG_RESPONSE, "headers": SAMPLE_HEADERS}, **errors(404, 422)},
     )
     async def sample(
         request: Request,

@@ -197,9 +197,10 @@ def router(settings: Settings) -> APIRouter:
     metadata_doc: dict[str, Any] = {
         "response_model": ModelMetadataResponse,
         "summary": "Model metadata",
-        "description": "Each served model NAME is three models here: NAME-encoder and "
-        "NAME-decoder (its ONNX graphs) and NAME (image files in, the encoding out, as "
-        "/encode). Shapes have -1 for the batch axis.",
+        "description": "Each served model NAME is four models here: NAME-encoder and "
+        "NAME-decoder (its ONNX graphs), NAME (image files in, the encoding out, as "
+        "/encode) and NAME-sampler (GET /sample: count, and optional seed, temperature, prior "
+        "and label in, the images and z out). Shapes have -1 for the batch axis.",
         "responses": _errors(404, 503),
     }
 
@@ -230,7 +231,10 @@ def router(settings: Settings) -> APIRouter:
         "description": f"Tensors as JSON or binary data (binary_tensor_data). At most "
         f"{max_batch} items on the batch axis (fewer for models of more than 16x28x28 pixel "
         "values per image). Pipelines (NAME) take BYTES image files and "
-        "prepare them as /encode does (parameters.preprocess: auto, digit, fit or none).",
+        "prepare them as /encode does (parameters.preprocess: auto, digit, fit or none). "
+        "Samplers (NAME-sampler) take one-element settings: count (INT64), and optionally "
+        "seed (INT64), temperature (FP32, 0..10), prior (BYTES: normal or fitted) and label "
+        "(INT64: a label with a per-label fit); the response's parameters name the prior.",
         "response_class": JSONResponse,
         "response_model": None,
         "responses": INFER_RESPONSES,
