@@ -9,7 +9,7 @@ import { interp, request as requestInterpolation, setupInterpolate } from "./js/
 import { manifoldAxis } from "./js/manifold.js";
 import { allMaps, LatentMap, maps } from "./js/map.js";
 import { normCdf, normPpf } from "./js/normal.js";
-import { ellipseOf, setupPriors } from "./js/priors.js";
+import { setupPriors } from "./js/priors.js";
 import { pin, probe, probeIdle, unpin } from "./js/probe.js";
 import { setupSample, showSampleControls } from "./js/sample.js";
 import { scores } from "./js/score.js";
@@ -102,6 +102,5 @@ window.explorer = {
   probeIdle,
   analysis: { interp, scores, request: requestInterpolation },
   classes,
-  ellipseOf,
 };
 start();

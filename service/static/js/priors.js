@@ -52,7 +52,7 @@ function mapCovariance(cov, axes) {
 
 // The axes of the ellipse x^T C^-1 x = 1 for a 2x2 covariance C: half-lengths (the square
 // roots of the eigenvalues, major first) and the major axis' angle from the u axis.
-export function ellipseOf([[a, b], [, c]]) {
+function ellipseOf([[a, b], [, c]]) {
   const mid = (a + c) / 2;
   const d = Math.hypot((a - c) / 2, b);
   return {
