@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.deps import check_image_count, check_picture_output
+from service.api.deps import check_image_count, check_picture_output, tag
 from service.api.encoding import encode_uploads
 from service.api.images import MAX_TEMPERATURE, sample_prior
 from service.api.scheduling import WorkSize, small_output, small_uploads
@@ -181,8 +181,9 @@ class HotRoutesMiddleware:
             await self.app(scope, receive, send)
             return
         registry, scheduler, settings = state
-        name = query.get("model", registry.default)
-        if name not in registry:
+        # Taken now: the version served at this moment answers, whatever loads meanwhile.
+        model = registry.lookup(query.get("model", registry.default))
+        if model is None:
             await self.app(scope, receive, send)
             return
         # Through the body-size and body-time limits outside: their errors propagate as ever.
@@ -199,7 +200,7 @@ class HotRoutesMiddleware:
         if data is None:
             await self.app(scope, _replay(body, receive), send)
             return
-        model = registry.get(name)
+        tag(scope, model)
         preprocess = _PREPROCESS[query.get("preprocess", "auto")]
         size = WorkSize(images=1, small=small_uploads([data]))
         try:
@@ -222,12 +223,12 @@ class HotRoutesMiddleware:
             return
         registry, scheduler, settings = state
         values = _sample_values(query, settings.max_batch)
-        name = query.get("model", registry.default)
-        if values is None or name not in registry:
+        model = registry.lookup(query.get("model", registry.default))
+        if values is None or model is None:
             await self.app(scope, receive, send)
             return
         n, seed, temperature, fmt, scale = values
-        model = registry.get(name)
+        tag(scope, model)
         try:  # the route's per-model limits (a big RGB model allows fewer, smaller images)
             check_image_count(model, n, settings.max_batch, ["query", "n"])
             check_picture_output(model, n, scale, settings.max_batch)

@@ -51,7 +51,10 @@ from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from service.process.lifecycle import STATE_ENV, Coordinator
 
 if TYPE_CHECKING:
     from service.process.settings import Settings
@@ -148,8 +151,10 @@ def _worker(
     slot: int,
     beats: Any,
     report: Connection,
+    control: Connection,
 ) -> None:
-    """One worker process: its own SO_REUSEPORT socket, one uvicorn server, a heartbeat."""
+    """One worker process: its own SO_REUSEPORT socket, one uvicorn server, a heartbeat, and
+    its end of the control pipe (model loads: service/process/lifecycle.py)."""
     # uvicorn re-raises the SIGTERM it drained on: exit 0, like the single-process server.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     signal.signal(SHED_SIGNAL, signal.SIG_IGN)  # until the server can act on it
@@ -158,6 +163,9 @@ def _worker(
     from service.inference.sessions import limit_malloc_arenas
 
     limit_malloc_arenas()
+    from service.process import lifecycle
+
+    lifecycle.channel = control  # the app's lifespan finds it there
     directory = os.environ.get(METRICS_DIR_ENV)
     if directory and not _writable(directory):
         # Serving beats metrics: this worker's counts stay its own (missing from the others'
@@ -269,6 +277,7 @@ class _Slot:
     index: int
     process: BaseProcess | None = None
     report: Connection | None = None
+    control: Connection | None = None  # the supervisor's end of the worker's control pipe
     started_at: float = 0.0
     serving: bool = False
     killed_for_heartbeat: bool = False
@@ -295,8 +304,10 @@ class Supervisor:
         options: dict[str, Any],
         policy: RestartPolicy,
         metrics_dir: str,
+        coordinator: Coordinator,
     ) -> None:
         self.workers, self.host, self.port, self.options = workers, host, port, options
+        self.coordinator = coordinator
         self.policy = policy
         self.metrics_dir = metrics_dir
         self.metrics = _SupervisorMetrics(workers)
@@ -322,15 +333,18 @@ class Supervisor:
         """A worker process into `slot` (at start-up, or replacing one that died)."""
         self.beats[slot.index] = 0.0
         receiver, sender = self.context.Pipe(duplex=False)
+        control, theirs = self.context.Pipe(duplex=True)
         process = self.context.Process(
             target=_worker,
-            args=(self.host, self.port, self.options, slot.index, self.beats, sender),
+            args=(self.host, self.port, self.options, slot.index, self.beats, sender, theirs),
             name=f"vae-worker-{slot.index}",
         )
         slot.started_at = time.monotonic()
         process.start()
         sender.close()
+        theirs.close()
         slot.process, slot.report, slot.serving = process, receiver, False
+        slot.control = control
         slot.killed_for_heartbeat, slot.restart_at = False, None
 
     def serving(self, slot: _Slot, now: float) -> None:
@@ -380,9 +394,12 @@ class Supervisor:
         pid = process.pid
         served = slot.serving
         message = self._startup_message(slot)
-        if slot.report is not None:
-            slot.report.close()
+        for connection in (slot.report, slot.control):
+            if connection is not None:
+                connection.close()
         slot.process, slot.report, slot.serving, slot.died_at = None, None, False, now
+        slot.control = None
+        self.coordinator.gone(slot.index)
         self.metrics.serving(self.serving_count())
         with contextlib.suppress(Exception):  # the folder may be unwritable: never fatal
             from prometheus_client import multiprocess
@@ -403,6 +420,25 @@ class Supervisor:
         if slot.killed_for_heartbeat:
             how += " (by the supervisor: no heartbeat)"
         self._schedule_restart(slot, pid, how, now)
+
+    def reload(self, now: float) -> None:
+        """Model loads and unloads (service/process/lifecycle.py): pass on what the workers
+        said, and what the change under way sends next."""
+        for slot in self.slots:
+            control = slot.control
+            with contextlib.suppress(EOFError, OSError):
+                while control is not None and control.poll():
+                    self._tell(self.coordinator.received(slot.index, control.recv()))
+        serving = [s.index for s in self.slots if s.serving]
+        starting = any(s.process is not None and not s.serving for s in self.slots)
+        self._tell(self.coordinator.advance(serving, starting, now))
+
+    def _tell(self, messages: list[tuple[int, dict[str, Any]]]) -> None:
+        for index, message in messages:
+            control = self.slots[index].control
+            if control is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    control.send(message)
 
     def drain(self, signum: int, frame: object = None) -> None:
         """SIGTERM / SIGINT (or a fatal event): forward the signal to every worker, once; each
@@ -449,7 +485,9 @@ class Supervisor:
         """One slot, once per turn of the loop: which event, if any, it has."""
         process = slot.process
         if process is None:
-            if not self.stopping and slot.restart_at is not None and now >= slot.restart_at:
+            # Not while a model load is under way: the replacement reads the served set after.
+            due = slot.restart_at is not None and now >= slot.restart_at
+            if due and not self.stopping and not self.coordinator.busy:
                 self.start(slot)
                 self.metrics.restarted()
             return
@@ -474,9 +512,10 @@ class Supervisor:
         )
         last = checked_since = time.monotonic()
         while not (self.stopping and all(slot.process is None for slot in self.slots)):
-            sentinels = [p.sentinel for p in self.alive()]
-            if sentinels:
-                wait(sentinels, timeout=_POLL)
+            waitables: list[Any] = [p.sentinel for p in self.alive()]
+            waitables += [s.control for s in self.slots if s.control is not None]
+            if waitables:
+                wait(waitables, timeout=_POLL)
             else:
                 time.sleep(_POLL)
             now = time.monotonic()
@@ -487,6 +526,7 @@ class Supervisor:
             last = now
             for slot in self.slots:
                 self._check(slot, now, checked_since)
+            self.reload(now)
         if not self.status:
             # Asked to stop: a worker that drained exits 0; one stopped by the signal before
             # its server was running is clean too.
@@ -506,8 +546,9 @@ class Supervisor:
                 if process.is_alive():
                     process.kill()
                     process.join(timeout=5)
-            if slot.report is not None:
-                slot.report.close()
+            for connection in (slot.report, slot.control):
+                if connection is not None:
+                    connection.close()
 
 
 def serve(
@@ -516,8 +557,11 @@ def serve(
     port: int,
     options: dict[str, Any],
     policy: RestartPolicy | None = None,
+    served: dict[str, Any] | None = None,
+    load_timeout: float = 300.0,
 ) -> int:
-    """Run `workers` uvicorn processes on host:port until SIGTERM / SIGINT; the exit status."""
+    """Run `workers` uvicorn processes on host:port until SIGTERM / SIGINT; the exit status.
+    `served`: the served set every worker starts with (None: each worker's version policy)."""
     try:
         holder = _socket(host, port)  # reserves the port for our workers (same user)
     except OSError as exc:
@@ -526,7 +570,14 @@ def serve(
     port = holder.getsockname()[1]
     metrics_dir = tempfile.mkdtemp(prefix="vae-metrics-")
     os.environ[METRICS_DIR_ENV] = metrics_dir  # read by prometheus_client as workers import it
-    supervisor = Supervisor(workers, host, port, options, policy or RestartPolicy(), metrics_dir)
+    state_dir = tempfile.mkdtemp(prefix="vae-served-")
+    state_file = Path(state_dir) / "served.json"
+    os.environ[STATE_ENV] = str(state_file)  # the served set a worker starts with
+    coordinator = Coordinator(state_file, load_timeout)
+    coordinator.start_state(served)
+    supervisor = Supervisor(
+        workers, host, port, options, policy or RestartPolicy(), metrics_dir, coordinator
+    )
     previous = {s: signal.signal(s, supervisor.drain) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         return supervisor.run()
@@ -538,3 +589,4 @@ def serve(
         with contextlib.suppress(OSError):
             os.chmod(metrics_dir, 0o700)  # in case someone made it read-only
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(state_dir, ignore_errors=True)
