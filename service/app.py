@@ -25,6 +25,7 @@ from service.api.auth import (
     ApiKeyMiddleware,
     Guesses,
     document_security,
+    is_admin,
     is_protected,
     load_api_keys,
 )
@@ -179,8 +180,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             protect_metrics=settings.auth_metrics,
             guesses=guesses,
         )
+
+    if api_keys is not None or admin_keys is not None:
+        # /docs: a key on each operation that needs one (admin operations: an admin key).
         document_security(
-            app, lambda path: is_protected(path, settings.auth_probes, settings.auth_metrics)
+            app,
+            lambda path: (
+                is_admin(path)
+                or (
+                    api_keys is not None
+                    and is_protected(path, settings.auth_probes, settings.auth_metrics)
+                )
+            ),
         )
     # Model management (/v2/repository): always here, so that it is off (403) without admin keys.
     app.add_middleware(AdminKeyMiddleware, keys=admin_keys, api_keys=api_keys, guesses=guesses)

@@ -46,6 +46,12 @@ def publish(model_dir: Path, name: str, version: int, kind: str = "vae", z_dim: 
     return target
 
 
+def ensure_version_2(model_dir: Path) -> None:
+    """vae/2 (z_dim 3), unless an earlier test of the module published it."""
+    if not (model_dir / "vae" / "2").is_dir():
+        publish(model_dir, "vae", 2, z_dim=Z_DIM["2"])
+
+
 def publish_broken(model_dir: Path, version: int) -> Path:
     """A version whose decoder.onnx is cut short (its sha256 no longer matches)."""
     target = publish(model_dir, "vae", version)
@@ -177,6 +183,7 @@ def test_publish_version_2_and_load_it_with_one_call(server: Server, versioned_d
 def test_a_bad_version_is_refused_and_the_old_one_serves_on(
     server: Server, versioned_dir: Path
 ) -> None:
+    ensure_version_2(versioned_dir)
     assert load(server, "vae", "2").status_code == 200
     publish_broken(versioned_dir, 3)
     client = server.admin()
@@ -207,7 +214,10 @@ def test_unload_and_load_a_model(server: Server) -> None:
     assert r.status_code == 200
 
 
-def test_a_replacement_worker_serves_the_versions_served_now(server: Server) -> None:
+def test_a_replacement_worker_serves_the_versions_served_now(
+    server: Server, versioned_dir: Path
+) -> None:
+    ensure_version_2(versioned_dir)
     assert load(server, "vae", "2").status_code == 200
     victim = server.worker_pids()[0]
     os.kill(victim, signal.SIGKILL)
@@ -241,6 +251,7 @@ def test_nothing_is_lost_while_versions_change_under_load(
     server: Server, versioned_dir: Path, digit_png: bytes
 ) -> None:
     """Bounded: a few changes under four clients' traffic. `make chaos` runs the long one."""
+    ensure_version_2(versioned_dir)
     assert load(server, "vae", "1").status_code == 200
     stop_at = threading.Event()
     answers: list[tuple[int, str | None, int | None]] = []
@@ -316,3 +327,40 @@ def test_one_process_loads_and_unloads_too(versioned_dir: Path) -> None:
             headers=ADMIN_HEADERS,
         )
         assert client.post("/decode", json={"z": z}).headers["x-model-version"] == "1"
+
+
+def test_version_policy_latest_or_pinned(versioned_dir: Path, tmp_path: Path) -> None:
+    from service.inference.registry import ModelRegistry, parse_pins
+
+    root = tmp_path / "models"
+    (root / "vae").mkdir(parents=True)
+    for version in ("1", "2"):
+        shutil.copytree(versioned_dir / "vae" / "1", root / "vae" / version)
+    latest = ModelRegistry.load(root, default="vae")
+    assert latest.served_version("vae") == "2" and latest.get("vae").version == "2"
+    pinned = ModelRegistry.load(root, default="vae", pins=parse_pins("vae=1"))
+    assert pinned.served_version("vae") == "1"
+    with pytest.raises(KeyError):
+        pinned.get("vae", version="2")  # on disk, not loaded
+
+
+def test_a_folder_with_a_model_and_version_folders_is_refused(tmp_path: Path) -> None:
+    from service.inference.format import ModelLoadError
+    from service.inference.registry import on_disk
+
+    folder = tmp_path / "vae"
+    export_tiny_model(folder, "vae")
+    (folder / "2").mkdir()
+    with pytest.raises(ModelLoadError, match="both a model"):
+        on_disk(folder)
+
+
+def test_a_version_named_unlike_its_folder_is_refused(tmp_path: Path) -> None:
+    from service.inference.format import ModelLoadError
+    from service.inference.registry import load_model
+
+    export_tiny_model(tmp_path / "other", "vae")
+    (tmp_path / "vae").mkdir()
+    os.rename(tmp_path / "other", tmp_path / "vae" / "1")
+    with pytest.raises(ModelLoadError, match="names the model 'other'"):
+        load_model(tmp_path / "vae" / "1", version="1")
