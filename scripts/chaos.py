@@ -1,7 +1,7 @@
 """Faults injected into a real server under load, one at a time (RELIABILITY.md, "Faults
 under load").
 
-    python -m scripts.chaos                          # every fault (`make chaos`, ~3 minutes)
+    python -m scripts.chaos                          # every fault (`make chaos`, ~5 minutes)
     python -m scripts.chaos --faults sigkill,burst --json artifacts/chaos.json
 
 For each fault: `python -m service` with 2 workers on a free 127.0.0.1 port, over a private

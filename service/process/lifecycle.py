@@ -233,11 +233,13 @@ class Lifecycle:
         waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[key] = waiter
         self._send({"op": op, "id": key, "name": name, "versions": versions})
+        # The supervisor's own limits come first: a wait for starting workers, then each phase.
+        patience = STARTING_WAIT + 2 * self.timeout + 10
         try:
-            answer = await asyncio.wait_for(waiter, self.timeout)
+            answer = await asyncio.wait_for(waiter, patience)
         except TimeoutError:
             self._waiting.pop(key, None)
-            return Outcome(False, f"no answer from the supervisor within {self.timeout:g} s")
+            return Outcome(False, f"no answer from the supervisor within {patience:g} s")
         ok, error = bool(answer.get("ok")), str(answer.get("error", ""))
         return Outcome(ok, error, answer.get("state", {}))
 
