@@ -165,6 +165,8 @@ def test_publish_version_2_and_load_it_with_one_call(server: Server, versioned_d
     r = httpx.post(f"{server.base}/v2/models/vae-decoder/infer", json=body, headers=MODEL_HEADERS)
     assert r.status_code == 200 and r.json()["model_version"] == "2", r.text
     assert r.headers["x-model-version"] == "2"
+    meta = httpx.get(f"{server.base}/v2/models/vae-decoder", headers=MODEL_HEADERS).json()
+    assert meta["versions"] == ["2"]  # the loaded versions
     ready = f"{server.base}/v2/models/vae/versions/%s/ready"
     assert httpx.get(ready % "2", headers=MODEL_HEADERS).status_code == 200
     assert httpx.get(ready % "1", headers=MODEL_HEADERS).status_code == 404

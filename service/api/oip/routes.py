@@ -129,9 +129,12 @@ def _check(view: OipModel, body: bytes, header: str | None, settings: Settings) 
 
 async def _metadata(request: Request, name: str, version: str | None) -> Any:
     try:
-        return ModelMetadataResponse.model_validate(_view(request, name, version).metadata())
+        view = _view(request, name, version)
     except OipError as exc:
         return error_response(exc.status, exc.message)
+    metadata = view.metadata()
+    metadata["versions"] = request.app.state.registry.versions(view.model.name)  # loaded ones
+    return ModelMetadataResponse.model_validate(metadata)
 
 
 async def _ready(request: Request, name: str, version: str | None) -> Any:
