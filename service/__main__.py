@@ -52,6 +52,23 @@ def _http_protocol() -> type | str:
     return HeadLimitedHttpToolsProtocol
 
 
+def _start_versions(settings: Settings) -> dict[str, Any] | None:
+    """The served set every worker starts with: each model at its policy's version, resolved
+    once here so that all workers agree (None: a folder is broken; each worker then says so)."""
+    from service.inference.format import ModelLoadError
+    from service.inference.registry import parse_pins, scan
+
+    try:
+        pins = parse_pins(settings.model_versions)
+        return {
+            name: {"versions": [version], "current": version}
+            for name, disk in scan(settings.model_dir).items()
+            for version in [pins.get(name, disk.latest)]
+        }
+    except ModelLoadError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     parser = argparse.ArgumentParser(
@@ -99,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if workers > 1:
         policy = supervisor.RestartPolicy.from_settings(settings)
-        return supervisor.serve(workers, args.host, args.port, options, policy)
+        served = _start_versions(settings)
+        return supervisor.serve(
+            workers, args.host, args.port, options, policy, served, settings.load_timeout
+        )
     from service.inference.sessions import limit_malloc_arenas
 
     limit_malloc_arenas()

@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.deps import check_image_count, check_picture_output
+from service.api.deps import check_image_count, check_picture_output, tag
 from service.api.encoding import encode_uploads
 from service.api.images import MAX_TEMPERATURE, sample_prior, sampling_choice
 from service.api.scheduling import WorkSize, small_output, small_uploads
@@ -182,8 +182,9 @@ class HotRoutesMiddleware:
             await self.app(scope, receive, send)
             return
         registry, scheduler, settings = state
-        name = query.get("model", registry.default)
-        if name not in registry:
+        # Taken now: the version served at this moment answers, whatever loads meanwhile.
+        model = registry.lookup(query.get("model", registry.default))
+        if model is None:
             await self.app(scope, receive, send)
             return
         # Through the body-size and body-time limits outside: their errors propagate as ever.
@@ -200,7 +201,7 @@ class HotRoutesMiddleware:
         if data is None:
             await self.app(scope, _replay(body, receive), send)
             return
-        model = registry.get(name)
+        tag(scope, model)
         preprocess = _PREPROCESS[query.get("preprocess", "auto")]
         size = WorkSize(images=1, small=small_uploads([data]))
         try:
@@ -223,12 +224,12 @@ class HotRoutesMiddleware:
             return
         registry, scheduler, settings = state
         values = _sample_values(query, settings.max_batch)
-        name = query.get("model", registry.default)
-        if values is None or name not in registry:
+        model = registry.lookup(query.get("model", registry.default))
+        if values is None or model is None:
             await self.app(scope, receive, send)
             return
         n, seed, temperature, fmt, scale = values
-        model = registry.get(name)
+        tag(scope, model)
         prior = _PRIORS[query["prior"]] if "prior" in query else None
         try:  # the route's checks: the prior the model has, and per-model limits
             chosen, _ = sampling_choice(model, prior, None)

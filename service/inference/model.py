@@ -47,6 +47,9 @@ class Model:
     plane: LatentPlane | None = None  # the latent points' principal plane, when they carry one
     prior: FittedPrior | None = None  # the fitted prior (metadata `prior`), checked at load
     observer: InferenceObserver | None = field(default=None, repr=False)
+    # Which version of the model this is: its version folder's number (models/vae/2/), or for
+    # a flat folder the metadata's `version` ("1" without one).
+    version: str = "1"
 
     @property
     def name(self) -> str:

@@ -15,7 +15,7 @@ repository written by `vae-triton` serves); the third is the pipeline a Triton e
 be: decode and prepare the upload (service.api.uploads.prepare), then the encoder. The sampler
 is GET /sample's: z from N(0, T^2 I) or the fitted prior, decoded. Every name
 and shape comes from the model's metadata.json (service.inference.format); the version is the
-metadata's `version`.
+model's (its version folder's number, or a flat folder's metadata `version`).
 """
 
 from __future__ import annotations
@@ -266,7 +266,7 @@ def execute(call: Call, settings: Settings) -> tuple[bytes, dict[str, str]]:
 def views_of(model: Model) -> Iterator[OipModel]:
     """The four OIP models of one served model, from its metadata."""
     meta = model.metadata
-    version = meta.version or DEFAULT_VERSION
+    version = model.version or DEFAULT_VERSION
     image = (-1, *meta.input.shape)
     codes = tuple(TensorSpec(name, "FP32", (-1, meta.z_dim)) for name in meta.encoder.outputs)
     yield OipModel(
@@ -311,3 +311,24 @@ def oip_models(registry: ModelRegistry) -> dict[str, OipModel]:
                 continue
             views[view.name] = view
     return views
+
+
+def view_for(
+    registry: ModelRegistry, views: dict[str, OipModel], name: str, version: str | None
+) -> OipModel:
+    """The OIP model `name` at `version` (None: the served one) among `views` (oip_models of
+    `registry`); OipError(404) naming what is loaded when there is no such model or version.
+    The REST routes and any other face of the protocol look models up through this."""
+    view = views.get(name)
+    if view is None:
+        raise OipError(404, f"unknown model {name!r}; known models: {sorted(views)}")
+    if version is None or version == view.version:
+        return view
+    try:
+        model = registry.get(view.model.name, version)
+    except KeyError:
+        loaded = registry.versions(view.model.name) if view.model.name in registry else []
+        raise OipError(
+            404, f"unknown version {version!r} of model {name!r}; its loaded versions: {loaded}"
+        ) from None
+    return next(v for v in views_of(model) if v.graph == view.graph)

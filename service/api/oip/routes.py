@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import __version__
 from service.api.oip.codec import HEADER_LENGTH, OipError, bad_request, parse_request
-from service.api.oip.models import Call, OipModel, execute, oip_models
+from service.api.oip.models import Call, OipModel, execute, oip_models, view_for
 from service.api.oip.schemas import (
     InferenceRequest,
     InferenceResponse,
@@ -109,22 +109,17 @@ def _views(request: Request) -> dict[str, OipModel]:
     if registry is None or not getattr(state, "ready", False):
         raise OipError(503, NOT_READY)
     cached = getattr(state, "oip_models", None)
-    if cached is None or cached[0] is not registry:
-        cached = (registry, oip_models(registry))
+    key = (registry, registry.generation)  # a load or unload changes the generation
+    if cached is None or cached[0] != key:
+        cached = (key, oip_models(registry))
         state.oip_models = cached
     views: dict[str, OipModel] = cached[1]
     return views
 
 
 def _view(request: Request, name: str, version: str | None) -> OipModel:
-    views = _views(request)
-    view = views.get(name)
-    if view is None:
-        raise OipError(404, f"unknown model {name!r}; known models: {sorted(views)}")
-    if version is not None and version != view.version:
-        raise OipError(
-            404, f"unknown version {version!r} of model {name!r}; its versions: [{view.version!r}]"
-        )
+    view = view_for(request.app.state.registry, _views(request), name, version)
+    request.scope.setdefault("state", {})["model_version"] = view.version  # X-Model-Version
     return view
 
 
@@ -134,9 +129,12 @@ def _check(view: OipModel, body: bytes, header: str | None, settings: Settings) 
 
 async def _metadata(request: Request, name: str, version: str | None) -> Any:
     try:
-        return ModelMetadataResponse.model_validate(_view(request, name, version).metadata())
+        view = _view(request, name, version)
     except OipError as exc:
         return error_response(exc.status, exc.message)
+    metadata = view.metadata()
+    metadata["versions"] = request.app.state.registry.versions(view.model.name)  # loaded ones
+    return ModelMetadataResponse.model_validate(metadata)
 
 
 async def _ready(request: Request, name: str, version: str | None) -> Any:
