@@ -86,7 +86,9 @@ DESCRIPTIONS = {
 def check(url: str, req: Request) -> None:
     """One request, which must succeed (before any load is measured)."""
     data = req.body
-    headers = {"Content-Type": req.content_type} if req.content_type else {}
+    headers = dict(req.headers)  # e.g. OIP's Inference-Header-Content-Length
+    if req.content_type:
+        headers["Content-Type"] = req.content_type
     r = urllib.request.Request(url + req.path, data=data, headers=headers, method=req.method)
     with urllib.request.urlopen(r, timeout=30) as response:
         if response.status != 200:
