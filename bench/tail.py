@@ -23,6 +23,7 @@ Writes bench/results/NAME.json (default tail.json).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import signal
@@ -122,12 +123,14 @@ def analyse(client: list[tuple[int, int]], trace: dict[str, list], slow: float) 
         i = bisect.bisect_left(starts, a)
         server = reqs[i] if i < len(reqs) and reqs[i][0] <= b else None
         server_ms = (server[1] - server[0]) / 1e6 if server else None
-        pid = server[3] if server else None
+        cpu_ms = server[3] / 1e6 if server else None
+        pid = server[4] if server else None
         rows.append(
             {
                 "t_s": (a - t_begin) / 1e9,
                 "ms": ms,
                 "server_ms": server_ms,
+                "cpu_ms": cpu_ms,
                 "a": a,
                 "b": b,
                 "pid": pid,
@@ -154,11 +157,22 @@ def analyse(client: list[tuple[int, int]], trace: dict[str, list], slow: float) 
             for lag in trace["loop"]
             if r["a"] <= lag[0] + lag[1] and lag[0] <= r["b"] and lag[2] == r["pid"]
         ]
-    gaps = [b["t_s"] - a["t_s"] for a, b in zip(slow_rows, slow_rows[1:], strict=False)]
+    gaps = [b["t_s"] - a["t_s"] for a, b in itertools.pairwise(slow_rows)]
     in_server = sum(
         1 for r in slow_rows if r["server_ms"] is not None and r["server_ms"] > slow * server_p50
     )
     with_gc = sum(1 for r in slow_rows if r["gc"])
+    cpu_all = [r["cpu_ms"] for r in rows if r["cpu_ms"] is not None]
+    cpu_p50 = statistics.median(cpu_all) if cpu_all else 0.0
+    # Slow in the app but with the usual CPU time: the process waited for a CPU (descheduled)
+    waited = sum(
+        1
+        for r in slow_rows
+        if r["server_ms"] is not None
+        and r["server_ms"] > slow * server_p50
+        and r["cpu_ms"] is not None
+        and r["cpu_ms"] <= slow * cpu_p50
+    )
     gcs = trace["gc"]
     return {
         "requests": len(lat),
@@ -170,6 +184,8 @@ def analyse(client: list[tuple[int, int]], trace: dict[str, list], slow: float) 
         "slow": len(slow_rows),
         "slow_share": round(len(slow_rows) / len(lat), 4),
         "slow_with_long_server_time": in_server,
+        "cpu_p50_ms": round(cpu_p50, 3),
+        "slow_in_app_with_usual_cpu": waited,
         "slow_with_gc": with_gc,
         "gc_count": len(gcs),
         "gc_by_generation": {

@@ -2,7 +2,8 @@
 PYTHONPATH): with VAE_TAIL_TRACE=<folder>, each process records, in CLOCK_MONOTONIC ns (one
 clock for every process on the machine, the client's too):
 
-  requests   per HTTP request reaching the ASGI app: its start and the end of its response body
+  requests   per HTTP request reaching the ASGI app: its start and the end of its response body,
+             and the CPU time of the loop's thread in between (the work, when it runs inline)
   gc         each garbage collection: start, end, generation
   loop       event-loop lag: a 2 ms timer that woke up more than 1 ms late (start, lateness)
   log        a log line's write (logging.StreamHandler.emit: the access log) over 1 ms
@@ -77,11 +78,13 @@ def _install() -> None:
             if scope["type"] != "http":
                 return await app(scope, receive, send)
             start = now()
+            cpu = time.thread_time_ns()  # the event loop's thread: where small work runs
 
             async def sending(message):  # type: ignore[no-untyped-def]
                 await send(message)
                 if message["type"] == "http.response.body" and not message.get("more_body"):
-                    records.append(("req", start, now(), scope["path"]))
+                    spent = time.thread_time_ns() - cpu
+                    records.append(("req", start, now(), scope["path"], spent))
 
             return await app(scope, receive, sending)
 
