@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.common import CACHE, ROOT, model_dir, other_cpu_share, service_server, write_result
 from bench.loadgen import Request, run_wrk
@@ -118,7 +119,7 @@ def analyse(client: list[tuple[int, int]], trace: dict[str, list], slow: float) 
     p50 = statistics.median(lat)
     p99 = sorted(lat)[int(0.99 * (len(lat) - 1))]
     t_begin = client[0][0]
-    rows = []
+    rows: list[dict[str, Any]] = []
     for (a, b), ms in zip(client, lat, strict=True):
         i = bisect.bisect_left(starts, a)
         server = reqs[i] if i < len(reqs) and reqs[i][0] <= b else None
@@ -137,7 +138,7 @@ def analyse(client: list[tuple[int, int]], trace: dict[str, list], slow: float) 
             }
         )
     server_all = [r["server_ms"] for r in rows if r["server_ms"] is not None]
-    server_p50 = statistics.median(server_all) if server_all else None
+    server_p50 = statistics.median(server_all) if server_all else 0.0
     slow_rows = [r for r in rows if r["ms"] > slow * p50]
     for r in slow_rows:
         r["outside_ms"] = r["ms"] - r["server_ms"] if r["server_ms"] is not None else None
