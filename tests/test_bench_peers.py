@@ -325,7 +325,11 @@ def test_issue_27_targets_compare_with_each_peers_best_setting() -> None:
         "litserve": {"sample": "litserve-w2_ort1_nolog"},
         "pytriton": {"decoder16_binary": "pytriton-i2_ort1"},
     }
-    memory = {"service": {"rss_mb": 300.0}, "litserve-default": {"rss_mb": 250.0}}
+    memory = {
+        "service": {"rss_mb": 300.0},
+        "litserve-default": {"rss_mb": 250.0},  # the smallest, but not litserve's best
+        "litserve-w2_ort1_nolog": {"rss_mb": 280.0},
+    }
     data = {"results": rows, "peers_best": best, "memory": memory, "inprocess_ms": {}}
     targets = compare.peer_targets(data)
     assert len(targets) == 5
@@ -341,7 +345,8 @@ def test_issue_27_targets_compare_with_each_peers_best_setting() -> None:
     assert "1 of 2 hold" in cheaper["measured"]  # 0.2 <= half of 0.6 holds
     assert not lowest["holds"] and "litserve-w2_ort1_nolog 4.5" in lowest["measured"]
     assert twice["holds"]  # 5.0 <= 2 x 3.0
-    assert not rss["holds"] and "litserve-default 250" in rss["measured"]
+    assert not rss["holds"] and "vs litserve-w2_ort1_nolog 280 MB" in rss["measured"]
+    assert "any setting: litserve-default 250 MB" in rss["measured"]
 
 
 def test_a_server_in_its_own_session_is_measured_and_stopped_whole(tmp_path: Path) -> None:
