@@ -147,4 +147,4 @@ container-test: $(VENV)/.dev-installed
 	PYTHON=$(abspath $(BIN))/python scripts/container_test.sh
 
 clean:
-	rm -rf $(VENV) .venv-bentoml .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .venv-bentoml .venv-litserve .venv-pytriton .venv-rayserve .venv-mlserver .venv-torchserve .pytest_cache .ruff_cache build *.egg-info

@@ -246,7 +246,10 @@ def write_result(name: str, data: dict, out_dir: Path | None = None) -> Path:
 
 
 class Server:
-    """A server process on 127.0.0.1:<free port>, started here and stopped by its PID."""
+    """A server process on 127.0.0.1:<free port>, started here and stopped by its PID.
+
+    `session`: started in a session of its own, and measured and stopped as that whole session
+    (harness.processes: some peers' processes leave the tree or outlive their parent)."""
 
     def __init__(
         self,
@@ -257,6 +260,8 @@ class Server:
         log: Path | None = None,
         name: str = "server",
         cwd: Path | None = None,
+        session: bool = False,
+        ready_timeout: float = 60.0,
     ):
         self.port = free_port()
         self.argv = [a.replace("{port}", str(self.port)) for a in argv]
@@ -267,6 +272,8 @@ class Server:
         self.name = name
         self.log_path = log
         self.cwd = cwd or ROOT
+        self.session = session
+        self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -280,10 +287,16 @@ class Server:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float | None = None) -> None:
+        timeout = timeout or self.ready_timeout
         out = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
-            self.argv, env=self.env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT
+            self.argv,
+            env=self.env,
+            cwd=self.cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=self.session,
         )
         try:
             wait_ready(
@@ -294,9 +307,9 @@ class Server:
             raise
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL (the whole process tree) after 15 s."""
+        """SIGTERM, then SIGKILL (the whole process tree, or session) after 15 s."""
         if self.proc is not None:
-            stop(self.proc, timeout=15)
+            stop(self.proc, timeout=15, session=self.session)
 
     @property
     def pid(self) -> int:

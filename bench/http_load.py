@@ -86,7 +86,9 @@ DESCRIPTIONS = {
 def check(url: str, req: Request) -> None:
     """One request, which must succeed (before any load is measured)."""
     data = req.body
-    headers = {"Content-Type": req.content_type} if req.content_type else {}
+    headers = dict(req.headers)  # e.g. OIP's Inference-Header-Content-Length
+    if req.content_type:
+        headers["Content-Type"] = req.content_type
     r = urllib.request.Request(url + req.path, data=data, headers=headers, method=req.method)
     with urllib.request.urlopen(r, timeout=30) as response:
         if response.status != 200:
@@ -106,6 +108,12 @@ def measure(
     check(url, req)
     if warmup > 0:
         run_wrk(url, [req], max(concurrency), warmup, pid, name)
+        if min(concurrency) < max(concurrency):
+            # wrk stops with up to max(concurrency) requests still queued in the server: the
+            # lowest concurrency's row would start behind them (its first request waited
+            # 70-175 ms in bench/tail.py's traces, one of the few that set a short row's p99).
+            # A second of the lowest concurrency, unrecorded, lets them drain first.
+            run_wrk(url, [req], min(concurrency), 1.0, pid, name)
     out = []
     for c in concurrency:
         result = run_wrk(url, [req], c, duration, pid, name)

@@ -82,14 +82,19 @@ def run(quick: bool, out_dir: Path | None, before: str | None, training: bool) -
     results["decoder_forms"] = decoder_forms.run(seconds, out_dir)
     print("== HTTP", flush=True)
     results["http"] = http_load.run(duration, warmup, out_dir=out_dir)
-    print("== peers: BentoML and eager PyTorch, same run, same client", flush=True)
+    print(
+        "== peers: BentoML, LitServe, Ray Serve, TorchServe, Triton, MLServer, eager PyTorch",
+        flush=True,
+    )
     # --quick (the test suite's smoke run) never installs BentoML; it runs where set up
+    # the other peers (issue #27) only in the full run: tests/test_bench_peers.py checks each
     results["peers"] = peers.run(
         duration,
         warmup,
         bentoml=[peers.CANDIDATES[0]] if quick else None,
         install=not quick,
         out_dir=out_dir,
+        peers=[] if quick else None,
     )
     print("== cost curves: images per request, concurrency", flush=True)
     results["curves"] = curves.run(
@@ -501,31 +506,60 @@ def markdown(run_data: dict, command: str) -> str:
     return "\n\n".join(parts)
 
 
+def _server_name(data: dict, label: str) -> str:
+    if label == peers.SERVICE_LABEL:
+        return "the service (`python -m service`, its defaults)"
+    if label == peers.TORCH_LABEL:
+        return "eager PyTorch (bench/baseline_torch_app.py)"
+    name, _, config = label.partition("-")
+    title = (
+        "BentoML" if name == "bentoml" else data.get("peers", {}).get(name, {}).get("title", name)
+    )
+    return f"{title} `{config}`"
+
+
+def _request_text(data: dict, label: str, case: str) -> str:
+    if case in data.get("oip_requests", {}):
+        return f"`{data['oip_requests'][case]}`"
+    name = label.split("-", 1)[0]
+    if label in (peers.SERVICE_LABEL, peers.TORCH_LABEL) or name == "bentoml":
+        kind = "bentoml" if name == "bentoml" else label
+        return f"`{data['requests'][kind][case]}`"
+    return f"`{data.get('peers', {}).get(name, {}).get('requests', {}).get(case, case)}`"
+
+
 def peers_markdown(data: dict) -> str:
     """bench/peers/compare.py's run: every server's rows, the service's ratio beside each."""
     ratio = {(x["peer"], x["case"], x["concurrency"]): x["ratio"] for x in data["ratios"]}
-    best = data.get("bentoml_best", {})
+    best = {label for cases in data.get("peers_best", {}).values() for label in cases.values()}
+    bento_best = data.get("bentoml_best", {})
+    memory = data.get("memory", {})
     rows = []
     for x in data["results"]:
-        name = x["server"].removeprefix("bentoml-")
-        if x["server"] == peers.SERVICE_LABEL:
-            server = "the service (`python -m service`, its defaults)"
-        elif x["server"] == peers.TORCH_LABEL:
-            server = "eager PyTorch (bench/baseline_torch_app.py)"
+        label = x["server"]
+        server = _server_name(data, label)
+        if label.startswith("bentoml-") and not data.get("peers_best"):
+            best_here = bento_best.get(x["case"]) == label.removeprefix("bentoml-")
         else:
-            tag = " (**best**)" if best.get(x["case"]) == name else ""
-            server = f"BentoML `{name}`{tag}"
-        key = (x["server"], x["case"], x["concurrency"])
-        kind = "bentoml" if x["server"].startswith("bentoml-") else x["server"]
+            best_here = (
+                label in best
+                and data["peers_best"].get(label.split("-", 1)[0], {}).get(x["case"]) == label
+            )
+        server += " (**best**)" if best_here else ""
+        key = (label, x["case"], x["concurrency"])
+        over = x.get("overhead_ms_per_request")
+        mem = memory.get(label, {})
         rows.append(
             [
                 server,
-                f"`{data['requests'][kind][x['case']]}`",
+                _request_text(data, label, x["case"]),
                 x["concurrency"],
                 f"{x['rps']:,.0f}",
                 f"{x['p50_ms']:.2f}",
                 f"{x['p99_ms']:.2f}",
                 f"{x['server_cpu_ms_per_request']:.3f}",
+                f"{over:.3f}" if over is not None else "",
+                f"{mem['rss_mb']:,.0f} / {mem['pss_mb']:,.0f}" if mem else "",
                 f"{ratio[key]:.2f}x" if key in ratio else "",
                 sum(x["errors"].values()),
             ]
@@ -544,19 +578,36 @@ def peers_markdown(data: dict) -> str:
         notes.append(f"BentoML was skipped: {data['bentoml_skipped']}.")
     for name, why in data.get("bentoml_failed", {}).items():
         notes.append(f"BentoML `{name}` failed: {why}.")
+    for name, report in data.get("peers", {}).items():
+        title = report.get("title", name)
+        if report.get("skipped"):
+            notes.append(f"{title} was skipped: {report['skipped']}.")
+            continue
+        tried = "; ".join(
+            f"`{c}`: " + (", ".join(f"{k}={v}" for k, v in env.items()) or "its defaults")
+            for c, env in report.get("configs", {}).items()
+        )
+        notes.append(f"{title} {report.get('version') or ''} settings: {tried}.")
+        if report.get("note"):
+            notes.append(f"{title}: {report['note']}.")
+        for config, why in report.get("failed", {}).items():
+            notes.append(f"{title} `{config}` failed: {why}.")
     version = data.get("bentoml_version")
     differ = data.get("payloads_differ")
     checked = f"DIFFER: {', '.join(differ)}" if differ else "the same"
+    inprocess = data.get("inprocess_ms", {})
+    floor = ", ".join(f"{case} {ms:.3f} ms" for case, ms in inprocess.items())
     return (
-        "### The service beside BentoML and eager PyTorch (bench/peers/compare.py)\n\n"
+        "### The service beside the other servers (bench/peers/compare.py)\n\n"
         f"One server at a time, same machine, same run, wrk as for the service, "
-        f"{data['duration_s']:.0f} s per row. BentoML {version or ''} serves the same ONNX "
-        "files through bench/peers/bentoml_service.py (a `@bentoml.service` class, the "
-        "service's own numpy for the grid and the upload's preparation; its environment is "
-        ".venv-bentoml/); its payloads were checked against the service's before the load "
-        f"({checked}). "
-        "The best BentoML settings per request are the tuned ones with the most requests/s at "
-        "the highest concurrency. Ratio: the service's requests/s over the row's.\n\n"
+        f"{data['duration_s']:.0f} s per row. Every peer serves the same ONNX files through "
+        "onnxruntime with the service's own numpy and PNG code (bench/peers/work.py; BentoML "
+        f"{version or ''} through bench/peers/bentoml_service.py), each in its own environment; "
+        f"payloads were checked against the service's before any load ({checked}). "
+        "Best: each peer's setting with the most requests/s at the highest concurrency. "
+        "Overhead: server CPU per request less the in-process cost of the same work in this "
+        f"run ({floor}). Memory: RSS / PSS in MB of all the server's processes after its "
+        "load. Ratio: the service's requests/s over the row's.\n\n"
         + _table(
             [
                 "server",
@@ -566,6 +617,8 @@ def peers_markdown(data: dict) -> str:
                 "p50 ms",
                 "p99 ms",
                 "server CPU ms/req",
+                "overhead ms/req",
+                "RSS / PSS MB",
                 "service / this",
                 "errors",
             ],

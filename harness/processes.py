@@ -10,7 +10,10 @@
 
 A server here is a process tree: with VAE_WORKERS > 1 a supervisor, its worker processes and
 multiprocessing's resource tracker. Memory and CPU figures are summed over the tree by default,
-read through psutil; processes that exit while they are read are left out. Memory is in MB
+read through psutil; processes that exit while they are read are left out. A server started in a
+session of its own (Popen(start_new_session=True): the benchmark's peers) is every process of
+that session, tree or not: some serving stacks' processes leave the tree (Ray's actors, a Java
+front end whose launcher exited) and outlive their parent. Memory is in MB
 (10^6 bytes).
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import os
 import signal
 import socket
 import subprocess
@@ -38,6 +42,7 @@ __all__ = [
     "process_tree",
     "pss_mb",
     "rss_mb",
+    "session_processes",
     "stop",
     "wait_ready",
 ]
@@ -123,7 +128,9 @@ def _with_log(message: str, log_path: Path | None) -> str:
     return f"{message}; the end of {log_path}:\n{tail}" if tail else f"{message} ({log_path})"
 
 
-def stop(process: subprocess.Popen | int, timeout: float = 10.0) -> int | None:
+def stop(
+    process: subprocess.Popen | int, timeout: float = 10.0, session: bool = False
+) -> int | None:
     """Stop a process this code started, and every process it started, by PID.
 
     SIGTERM to the process (a server's supervisor stops its own workers), up to `timeout`
@@ -133,12 +140,28 @@ def stop(process: subprocess.Popen | int, timeout: float = 10.0) -> int | None:
     process that has already exited is left as it is. Pass the Popen when there is one: the
     process is then reaped through it, so that its `returncode` is right.
 
+    `session`: the process was started as a session leader (start_new_session=True); every
+    process still in that session afterwards is stopped as well (SIGTERM, then SIGKILL), even
+    where the leader had already exited.
+
     Returns the exit status: `returncode` for a Popen (negative: the signal), the status for a
     bare PID that is this process's child, else None (not a child, or already gone).
     """
     popen, pid = (
         (process, process.pid) if isinstance(process, subprocess.Popen) else (None, process)
     )
+    if session:
+        status = _stop(popen, pid, timeout)
+        strays = session_processes(pid)
+        _signal(strays, signal.SIGTERM)
+        strays = _wait_gone(strays, timeout)
+        _signal(strays, signal.SIGKILL)
+        _wait_gone(strays, timeout)
+        return status
+    return _stop(popen, pid, timeout)
+
+
+def _stop(popen: subprocess.Popen | None, pid: int, timeout: float) -> int | None:
     if popen is not None and popen.poll() is not None:
         return popen.returncode
     try:
@@ -216,11 +239,28 @@ def _union(a: list[psutil.Process], b: list[psutil.Process]) -> list[psutil.Proc
 # --- process trees and their resources ----------------------------------------------------------
 
 
+def session_processes(sid: int) -> list[psutil.Process]:
+    """Every running process (zombies left out) whose session id is `sid`."""
+    out = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(OSError, psutil.Error):
+            if os.getsid(p.pid) == sid and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+    return out
+
+
 def _processes(pid: int, tree: bool = True) -> list[psutil.Process]:
-    """`pid` first, then (`tree`) its descendants; [] when `pid` is gone."""
+    """`pid` first, then (`tree`) its descendants and, where `pid` leads a session, every other
+    process of that session; [] when `pid` is gone."""
     try:
         root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)] if tree else [root]
+        if not tree:
+            return [root]
+        family = root.children(recursive=True)
+        with contextlib.suppress(OSError):
+            if os.getsid(pid) == pid:
+                family = _union(family, [p for p in session_processes(pid) if p.pid != pid])
+        return [root, *family]
     except psutil.NoSuchProcess:
         return []
 

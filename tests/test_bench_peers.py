@@ -1,22 +1,30 @@
 """The benchmark's peers and cost curves (bench/peers/, bench/curves.py).
 
-The BentoML peer must answer what the service answers: on the same seed a PNG grid of the same
-size and pixels, on the same upload the same mu and log_var. Those tests start real servers on
-loopback (tiny models) and need BentoML's own environment, .venv-bentoml/ (`python -m
-bench.peers.bentoml_env`): without it they skip. The rest (ratios, the best settings, the
-targets, saturation, the generated tables) runs everywhere on made-up rows.
+Every peer must answer what the service answers: on the same seed a PNG grid of the same size
+and pixels, on the same upload the same mu and log_var, on the same OIP request the same
+tensors. Those tests start real servers on loopback (tiny models) and need each peer's own
+environment (.venv-bentoml/, .venv-<peer>/: `python -m bench.peers.bentoml_env`, `python -m
+bench.peers.envs`, or `make bench`, set them up; never `make test`): without it they skip.
+The rest (ratios, the best settings, the targets, saturation, the generated tables, a server
+stopped as its whole session) runs everywhere on made-up rows or plain processes.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from bench import curves, run_all
-from bench.common import service_server
-from bench.peers import bentoml_env, compare
+from bench.common import ROOT, service_server
+from bench.peers import bentoml_env, compare, envs, servers
+from harness.processes import process_tree, session_processes, stop
 
 needs_bentoml = pytest.mark.skipif(
     not bentoml_env.ready(),
@@ -193,3 +201,166 @@ def test_the_generated_tables_show_peers_and_curves() -> None:
     text = run_all.curves_markdown(curves_data)
     assert "at concurrency 2, with the server using 90% of the CPUs" in text
     assert "![cost curves](bench/results/curves.png)" in text
+
+
+# --- issue #27: the other serving stacks --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def service_oip(model_dir: Path, digit_png: bytes) -> dict:
+    z_dim = json.loads((model_dir / "vae" / "metadata.json").read_text())["z_dim"]
+    reqs = servers.oip_requests("vae", z_dim, digit_png)
+    with service_server(model_dir, env={"VAE_WORKERS": "1"}) as server:
+        return compare.oip_payloads(server.url, reqs)
+
+
+# One cheap setting per peer (one process or instance, one onnxruntime thread), batching where
+# the peer batches by default.
+SMOKE = {
+    "litserve": "w2_ort1_nolog_batch16",
+    "rayserve": "r2_ort1_nolog_batch16",
+    "torchserve": "w1_ort1_nolog",
+    "pytriton": "i1_ort1",
+    "mlserver": "w2_ort1",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(servers.PEERS))
+def test_each_peer_answers_the_services_payloads(
+    name: str,
+    model_dir: Path,
+    digit_png: bytes,
+    service_payloads: dict,
+    service_oip: dict,
+    tmp_path: Path,
+) -> None:
+    peer = servers.PEERS[name]
+    if not peer.env.ready():
+        pytest.skip(f"{peer.title}'s environment is not set up (python -m bench.peers.envs {name})")
+    config = peer.configs[SMOKE[name]]
+    with servers.server(peer, peer.env.python(), model_dir, config, tmp_path / "peer.log") as srv:
+        if peer.kind == "rest":
+            reqs = servers.rest_requests(name, digit_png)
+            theirs = compare.when_answering(lambda: compare.payloads(srv.url, reqs, seed=3), 120)
+            check = compare.compare_payloads(service_payloads, theirs)
+        else:
+            z_dim = json.loads((model_dir / "vae" / "metadata.json").read_text())["z_dim"]
+            every = servers.oip_requests("vae", z_dim, digit_png)
+            reqs = {case: every[case] for case in peer.oip_cases}
+            theirs = compare.when_answering(lambda: compare.oip_payloads(srv.url, reqs), 120)
+            check = servers.compare_oip(service_oip, theirs)
+        session = srv.pid
+        assert len(process_tree(session)) >= 1
+    assert check["same"], check
+    assert session_processes(session) == []  # nothing of it outlives the stop
+
+
+def test_oip_responses_are_read_as_json_and_as_binary() -> None:
+    mu = np.array([[0.5, -1.25]], np.float32)
+    body = {"outputs": [{"name": "mu", "shape": [1, 2], "datatype": "FP32", "data": [0.5, -1.25]}]}
+    as_json = servers.decode_oip(json.dumps(body).encode(), None)
+    head = json.dumps(
+        {
+            "outputs": [
+                {
+                    "name": "mu",
+                    "shape": [1, 2],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": 8},
+                }
+            ]
+        }
+    ).encode()
+    as_binary = servers.decode_oip(head + mu.tobytes(), str(len(head)))
+    assert np.array_equal(as_json["mu"], mu) and np.array_equal(as_binary["mu"], mu)
+    ours = {"decoder16_json": {"image": np.zeros((2, 1, 2, 2), np.float32)}}
+    assert servers.compare_oip(
+        ours, {"decoder16_json": {"image": ours["decoder16_json"]["image"]}}
+    )["same"]
+    moved = {"decoder16_json": {"image": np.full((2, 1, 2, 2), 1e-3, np.float32)}}
+    assert not servers.compare_oip(ours, moved)["same"]
+    assert not servers.compare_oip(
+        ours, {"decoder16_json": {"other": moved["decoder16_json"]["image"]}}
+    )["same"]
+    assert not servers.compare_oip(ours, {})["same"]  # nothing answered: not the same
+
+
+def test_every_peer_has_a_pinned_environment_kept_out_of_git() -> None:
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    clean = next(line for line in (ROOT / "Makefile").read_text().splitlines() if "rm -rf" in line)
+    for name, env in envs.ENVS.items():
+        assert name in servers.PEERS
+        lines = [x for x in env.requirements.read_text().splitlines() if x and x[0] not in "#-"]
+        assert lines and all("==" in x for x in lines), name  # every package pinned
+        assert any(x.startswith(("onnxruntime==", "numpy==", "pillow==")) for x in lines)
+        assert f".venv-{name}/" in ignored and f".venv-{name}" in clean
+        assert env.venv == ROOT / f".venv-{name}"
+
+
+def _peer_rows() -> list[dict]:
+    def row(server: str, case: str, c: int, rps: float, p50: float, p99: float, over: float):
+        return {
+            **_row(server, case, c, rps, p99),
+            "p50_ms": p50,
+            "overhead_ms_per_request": over,
+        }
+
+    return [
+        row("service", "sample", 1, 300, 3.0, 5.0, 0.4),
+        row("service", "sample", 32, 500, 60, 80, 0.5),
+        row("litserve-default", "sample", 1, 150, 6.0, 9.0, 3.0),
+        row("litserve-default", "sample", 32, 200, 150, 200, 3.0),
+        row("litserve-w2_ort1_nolog", "sample", 1, 200, 4.0, 4.5, 1.5),
+        row("litserve-w2_ort1_nolog", "sample", 32, 450, 70, 90, 0.9),
+        row("pytriton-i2_ort1", "decoder16_binary", 32, 700, 40, 50, 0.6),
+        row("service", "decoder16_binary", 32, 600, 50, 60, 0.2),
+    ]
+
+
+def test_issue_27_targets_compare_with_each_peers_best_setting() -> None:
+    rows = _peer_rows()
+    best = compare.peers_best(rows)
+    assert best == {
+        "litserve": {"sample": "litserve-w2_ort1_nolog"},
+        "pytriton": {"decoder16_binary": "pytriton-i2_ort1"},
+    }
+    memory = {
+        "service": {"rss_mb": 300.0},
+        "litserve-default": {"rss_mb": 250.0},  # the smallest, but not litserve's best
+        "litserve-w2_ort1_nolog": {"rss_mb": 280.0},
+    }
+    data = {"results": rows, "peers_best": best, "memory": memory, "inprocess_ms": {}}
+    targets = compare.peer_targets(data)
+    assert len(targets) == 5
+    faster, cheaper, lowest, twice, rss = targets
+    assert (
+        not faster["holds"]
+        and "decoder16_binary vs pytriton-i2_ort1: 600 vs 700" in faster["measured"]
+    )
+    assert (
+        not cheaper["holds"]
+        and "sample vs litserve-w2_ort1_nolog: 0.50 vs 0.90" in cheaper["measured"]
+    )
+    assert "1 of 2 hold" in cheaper["measured"]  # 0.2 <= half of 0.6 holds
+    assert not lowest["holds"] and "litserve-w2_ort1_nolog 4.5" in lowest["measured"]
+    assert twice["holds"]  # 5.0 <= 2 x 3.0
+    assert not rss["holds"] and "vs litserve-w2_ort1_nolog 280 MB" in rss["measured"]
+    assert "any setting: litserve-default 250 MB" in rss["measured"]
+
+
+def test_a_server_in_its_own_session_is_measured_and_stopped_whole(tmp_path: Path) -> None:
+    # The launcher starts a child that leaves its tree (sh exits, sleep is reparented), as Ray's
+    # actors and TorchServe's Java front end do.
+    code = "import subprocess, time; subprocess.run(['sh', '-c', 'sleep 300 &']); time.sleep(300)"
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while len(session_processes(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        orphans = [p.pid for p in session_processes(proc.pid) if p.pid != proc.pid]
+        assert orphans and all(p in process_tree(proc.pid) for p in orphans)
+        assert not any(p in psutil.Process(proc.pid).children(recursive=True) for p in orphans)
+    finally:
+        stop(proc, timeout=5, session=True)
+    assert session_processes(proc.pid) == []
