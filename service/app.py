@@ -32,6 +32,7 @@ from service.api.oip import is_oip_path
 from service.api.oip.routes import error_response as oip_error
 from service.api.page import mount_static
 from service.api.scheduling import Scheduler
+from service.grpc import server as grpc_server
 from service.inference.format import ModelLoadError
 from service.inference.registry import ModelRegistry
 from service.process.settings import Settings
@@ -112,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.registry = registry
         app.state.scheduler = Scheduler()
         app.state.ready = True
+        grpc = await grpc_server.start(app.state, settings)  # None unless VAE_GRPC_PORT
         metrics.models_loaded.set(len(registry))
         logger.info(
             "serving %s from %s (default %r)",
@@ -121,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         yield
         app.state.ready = False
+        await grpc_server.stop(grpc)
 
     app = FastAPI(
         title="VAE service",
@@ -130,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.api_keys = api_keys
     app.state.registry = None
     app.state.ready = False
     # Starlette types handlers as taking any Exception; each of these takes its own subclass.

@@ -83,6 +83,9 @@ class RequestInput:
     parameters: dict[str, Any]
     data: Any = None  # JSON data: a (nested) list, or None when the data is binary
     raw: memoryview | None = None  # the binary part, when parameters.binary_data_size is set
+    # What error messages call the two forms (gRPC: contents.fp32_contents, raw_input_contents[0]).
+    data_label: str = "'data'"
+    raw_label: str = "binary_data_size"
 
     @property
     def count(self) -> int:
@@ -150,7 +153,7 @@ def _name(value: Any, where: str) -> str:
     return value
 
 
-def _shape(value: Any, where: str) -> tuple[int, ...]:
+def parse_shape(value: Any, where: str) -> tuple[int, ...]:
     if not isinstance(value, list) or len(value) > MAX_RANK:
         raise bad_request(f"{where}: 'shape' must be a list of at most {MAX_RANK} integers")
     for dim in value:
@@ -210,7 +213,7 @@ def parse_request(body: bytes, json_length: str | None) -> InferRequest:
                 f"{where}: unknown datatype {datatype!r:.40}; the protocol's are "
                 + ", ".join(DATATYPES)
             )
-        shape = _shape(item.get("shape"), where)
+        shape = parse_shape(item.get("shape"), where)
         params = _parameters(item.get("parameters"), where)
         size = params.get("binary_data_size")
         raw = None
@@ -281,7 +284,7 @@ def decode_fp32(tensor: RequestInput, limit: float) -> np.ndarray:
     if tensor.raw is not None:
         if len(tensor.raw) != count * FP32.itemsize:
             raise bad_request(
-                f"{where}: binary_data_size is {len(tensor.raw)} bytes, shape "
+                f"{where}: {tensor.raw_label} is {len(tensor.raw)} bytes, shape "
                 f"{list(tensor.shape)} of FP32 needs {count * FP32.itemsize}"
             )
         array = np.frombuffer(tensor.raw, dtype=FP32).reshape(tensor.shape)
@@ -289,8 +292,8 @@ def decode_fp32(tensor: RequestInput, limit: float) -> np.ndarray:
         values = _json_numbers(tensor, where)
         if values.size != count:
             raise bad_request(
-                f"{where}: 'data' has {values.size} elements, shape {list(tensor.shape)} "
-                f"needs {count}"
+                f"{where}: {tensor.data_label} has {values.size} elements, shape "
+                f"{list(tensor.shape)} needs {count}"
             )
         _check_values(values, limit, where)
         return np.ascontiguousarray(values, dtype=FP32).reshape(tensor.shape)
@@ -303,7 +306,7 @@ def _json_numbers(tensor: RequestInput, where: str) -> np.ndarray:
     (no strings, booleans or nulls)."""
     data = tensor.data
     if not isinstance(data, list):
-        raise bad_request(f"{where}: 'data' must be a list of numbers")
+        raise bad_request(f"{where}: {tensor.data_label} must be a list of numbers")
     try:
         values = np.asarray(data)
     except (ValueError, TypeError, OverflowError):
@@ -313,11 +316,11 @@ def _json_numbers(tensor: RequestInput, where: str) -> np.ndarray:
     flat = _flatten(data, len(tensor.shape), where)
     for value in flat:
         if not isinstance(value, int | float) or isinstance(value, bool):
-            raise bad_request(f"{where}: FP32 'data' must hold numbers only")
+            raise bad_request(f"{where}: FP32 {tensor.data_label} must hold numbers only")
     try:
         return np.asarray(flat, dtype=np.float64)
     except OverflowError:
-        raise bad_request(f"{where}: a number in 'data' is out of range") from None
+        raise bad_request(f"{where}: a number in {tensor.data_label} is out of range") from None
 
 
 def _check_values(array: np.ndarray, limit: float, where: str) -> None:
@@ -360,21 +363,24 @@ def serialize_bytes(elements: Sequence[bytes]) -> bytes:
 
 def decode_bytes(tensor: RequestInput) -> list[bytes]:
     """A BYTES input's elements, row-major: binary data, or JSON strings (UTF-8, or base64
-    where parameters.content_type is "base64")."""
+    where parameters.content_type is "base64"), or bytes as they are (gRPC's typed contents)."""
     where = f"input {tensor.name!r}"
     if tensor.raw is not None:
         return deserialize_bytes(tensor.raw, tensor.count, where)
     flat = _flatten(tensor.data, len(tensor.shape), where)
     if len(flat) != tensor.count:
         raise bad_request(
-            f"{where}: 'data' has {len(flat)} elements, shape {list(tensor.shape)} needs "
-            f"{tensor.count}"
+            f"{where}: {tensor.data_label} has {len(flat)} elements, shape "
+            f"{list(tensor.shape)} needs {tensor.count}"
         )
     base64_data = tensor.parameters.get("content_type") == "base64"
     out = []
     for value in flat:
+        if isinstance(value, bytes):  # gRPC's contents.bytes_contents: the elements as they are
+            out.append(value)
+            continue
         if not isinstance(value, str):
-            raise bad_request(f"{where}: BYTES 'data' must hold strings")
+            raise bad_request(f"{where}: BYTES {tensor.data_label} must hold strings")
         if base64_data:
             try:
                 out.append(base64.b64decode(value, validate=True))

@@ -234,11 +234,11 @@ def _preprocess(request: InferRequest, model: Model) -> Preprocess:
     return preprocess
 
 
-def execute(call: Call, settings: Settings) -> tuple[bytes, dict[str, str]]:
-    """Run a checked call and encode its response (body, headers): the work the scheduler runs."""
+def outputs_of(call: Call, settings: Settings) -> list[Output]:
+    """Run a checked call: its requested outputs, in order (REST and gRPC alike)."""
     view, request = call.view, call.request
     results = view.run(call.inputs, request, settings)
-    outputs = [
+    return [
         Output(
             spec.name,
             spec.datatype,
@@ -247,7 +247,12 @@ def execute(call: Call, settings: Settings) -> tuple[bytes, dict[str, str]]:
         )
         for spec, wanted in call.outputs
     ]
-    return encode_response(view.name, view.version, request.id, outputs)
+
+
+def execute(call: Call, settings: Settings) -> tuple[bytes, dict[str, str]]:
+    """Run a checked call and encode its response (body, headers): the work the scheduler runs."""
+    view, request = call.view, call.request
+    return encode_response(view.name, view.version, request.id, outputs_of(call, settings))
 
 
 def views_of(model: Model) -> Iterator[OipModel]:
@@ -294,3 +299,34 @@ def oip_models(registry: ModelRegistry) -> dict[str, OipModel]:
                 continue
             views[view.name] = view
     return views
+
+
+NOT_READY = "not ready: models are loading"
+
+
+def served_models(state: Any) -> dict[str, OipModel]:
+    """The OIP models of an app's registry (`app.state`: built once per registry), for the REST
+    routes and the gRPC service alike; OipError(503) before start-up has finished."""
+    registry = getattr(state, "registry", None)
+    if registry is None or not getattr(state, "ready", False):
+        raise OipError(503, NOT_READY)
+    cached = getattr(state, "oip_models", None)
+    if cached is None or cached[0] is not registry:
+        cached = (registry, oip_models(registry))
+        state.oip_models = cached
+    views: dict[str, OipModel] = cached[1]
+    return views
+
+
+def find_model(state: Any, name: str, version: str | None) -> OipModel:
+    """One OIP model by name (and version, None: the one served); OipError(404) naming the
+    known ones otherwise."""
+    views = served_models(state)
+    view = views.get(name)
+    if view is None:
+        raise OipError(404, f"unknown model {name!r}; known models: {sorted(views)}")
+    if version is not None and version != view.version:
+        raise OipError(
+            404, f"unknown version {version!r} of model {name!r}; its versions: [{view.version!r}]"
+        )
+    return view

@@ -22,7 +22,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import __version__
 from service.api.oip.codec import HEADER_LENGTH, OipError, bad_request, parse_request
-from service.api.oip.models import Call, OipModel, execute, oip_models
+from service.api.oip.models import (
+    Call,
+    OipModel,
+    execute,
+    find_model,
+    served_models,
+)
 from service.api.oip.schemas import (
     InferenceRequest,
     InferenceResponse,
@@ -40,7 +46,6 @@ SERVER_NAME = "vae-service"
 EXTENSIONS = ["binary_tensor_data"]
 # Request bodies up to this size are parsed on the event loop; bigger ones in the thread pool.
 INLINE_PARSE_BYTES = 64 * 1024
-NOT_READY = "not ready: models are loading"
 
 
 def error_response(
@@ -103,29 +108,12 @@ INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def _views(request: Request) -> dict[str, OipModel]:
-    """The OIP models of the app's registry (built once per registry); 503 before start-up."""
-    state = request.app.state
-    registry = getattr(state, "registry", None)
-    if registry is None or not getattr(state, "ready", False):
-        raise OipError(503, NOT_READY)
-    cached = getattr(state, "oip_models", None)
-    if cached is None or cached[0] is not registry:
-        cached = (registry, oip_models(registry))
-        state.oip_models = cached
-    views: dict[str, OipModel] = cached[1]
-    return views
+    """The OIP models of the app's registry; 503 before start-up (shared with gRPC)."""
+    return served_models(request.app.state)
 
 
 def _view(request: Request, name: str, version: str | None) -> OipModel:
-    views = _views(request)
-    view = views.get(name)
-    if view is None:
-        raise OipError(404, f"unknown model {name!r}; known models: {sorted(views)}")
-    if version is not None and version != view.version:
-        raise OipError(
-            404, f"unknown version {version!r} of model {name!r}; its versions: [{view.version!r}]"
-        )
-    return view
+    return find_model(request.app.state, name, version)
 
 
 def _check(view: OipModel, body: bytes, header: str | None, settings: Settings) -> Call:
