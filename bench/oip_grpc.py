@@ -3,7 +3,7 @@
     python -m bench.oip_grpc                  # every case at concurrency 1 and 32, 3 rounds
     python -m bench.oip_grpc --duration 2 --rounds 1 --markdown
 
-Cases, on one server (VAE_WORKERS=1, VAE_GRPC_PORT set): the decoder at batch 16 and the
+Cases, on one server (VAE_WORKERS=1, one onnxruntime thread, gRPC on): the decoder at batch 16 and the
 encoder at batch 1 through gRPC's ModelInfer with raw tensors (what tritonclient.grpc sends),
 the decoder with typed tensors (contents.fp32_contents), and their REST peers: the binary
 tensor path of POST /v2/.../infer and GET /sample?n=16 (bench/oip.py's requests, driven by wrk).
@@ -147,7 +147,15 @@ def run(
     logs = CACHE / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     grpc_port = free_port()
-    env = {"VAE_WORKERS": "1", "VAE_ACCESS_LOG": "false", "VAE_GRPC_PORT": str(grpc_port)}
+    # One onnxruntime thread, as each worker has in the default layout: with two, the graph's
+    # threads contend with the load generator for the cores, and the heavier Python gRPC client
+    # (against wrk) would show up as server CPU.
+    env = {
+        "VAE_WORKERS": "1",
+        "VAE_INTRA_OP_THREADS": "1",
+        "VAE_ACCESS_LOG": "false",
+        "VAE_GRPC_PORT": str(grpc_port),
+    }
     address = f"127.0.0.1:{grpc_port}"
     results: list[LoadResult] = []
     with (

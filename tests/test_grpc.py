@@ -545,3 +545,23 @@ def test_every_worker_serves_grpc_and_a_replacement_does_too(model_dir, tmp_path
             assert call(chan, "ServerReady", m.ServerReadyRequest()).ready
         running.process.send_signal(signal.SIGTERM)
         assert running.process.wait(timeout=30) == 0, running.log.read_text()
+
+
+def test_sigterm_drains_grpc_health_first(model_dir, tmp_path) -> None:
+    """SIGTERM: a health watcher sees NOT_SERVING, its stream ends, and the server exits 0
+    well within VAE_GRACEFUL_TIMEOUT (an open Watch does not hold the drain)."""
+    log = tmp_path / "server.log"
+    with (
+        grpc_server(model_dir, log, VAE_GRACEFUL_TIMEOUT="20") as running,
+        grpc.insecure_channel(running.address) as chan,
+    ):
+        watch = health_pb2_grpc.HealthStub(chan).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=60
+        )
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        started = time.monotonic()
+        running.process.send_signal(signal.SIGTERM)
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert list(watch) == []  # then the stream ends, cleanly
+        assert running.process.wait(timeout=30) == 0, running.log.read_text()
+        assert time.monotonic() - started < 10

@@ -53,6 +53,7 @@ METHOD = "POST"  # every gRPC call is an HTTP/2 POST: the `method` label of the 
 HEALTH_SERVICE = "grpc.health.v1.Health"
 PROBES = frozenset({"ServerLive", "ServerReady", "Check", "Watch"})
 REQUEST_ID_KEY = "x-request-id"
+WATCH_LINGER_S = 0.1  # at the drain, between NOT_SERVING and the end of the Watch streams
 # The REST face's statuses as gRPC codes (Triton's mapping of the same errors), and back.
 CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -260,15 +261,19 @@ class ReadinessHealth(health_aio.HealthServicer):  # type: ignore[misc]
     def __init__(self, calls: Calls) -> None:
         super().__init__()
         self.calls = calls
+        self.draining = asyncio.Event()
 
     async def mark(self, serving: bool) -> None:
-        """Set the status every Watch sees (the server's start and drain)."""
-        status = health_pb2.HealthCheckResponse.SERVING if serving else None
-        if status is None:
-            await self.enter_graceful_shutdown()
+        """Set the status every Watch sees: SERVING at the start; at the drain NOT_SERVING,
+        then the Watch streams end (they would otherwise hold the drain for its whole grace
+        period: a watcher sees NOT_SERVING, then CANCELLED)."""
+        if serving:
+            for service in self.SERVICES:
+                await self.set(service, health_pb2.HealthCheckResponse.SERVING)
             return
-        for service in self.SERVICES:
-            await self.set(service, status)
+        await self.enter_graceful_shutdown()
+        await asyncio.sleep(WATCH_LINGER_S)  # the watchers' NOT_SERVING goes out first
+        self.draining.set()
 
     async def _check(self, request: Any) -> Any:
         if request.service not in self.SERVICES:
@@ -289,4 +294,14 @@ class ReadinessHealth(health_aio.HealthServicer):  # type: ignore[misc]
             self.calls.authorize("Watch", _metadata(context))
         except OipError as exc:
             await context.abort(CODES[exc.status], exc.message)
-        await super().Watch(request, context)
+        # The stream ends (OK) when the server drains, not when the grace period runs out.
+        watch = asyncio.ensure_future(super().Watch(request, context))
+        drained = asyncio.ensure_future(self.draining.wait())
+        try:
+            await asyncio.wait({watch, drained}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (watch, drained):
+                task.cancel()
+            await asyncio.gather(watch, drained, return_exceptions=True)
+        if watch.done() and not watch.cancelled():
+            watch.result()  # the stream's own error, if it had one
