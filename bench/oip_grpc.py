@@ -3,8 +3,8 @@
     python -m bench.oip_grpc                  # every case at concurrency 1 and 32, 3 rounds
     python -m bench.oip_grpc --duration 2 --rounds 1 --markdown
 
-Cases, on one server (VAE_WORKERS=1, one onnxruntime thread, gRPC on): the decoder at batch 16 and the
-encoder at batch 1 through gRPC's ModelInfer with raw tensors (what tritonclient.grpc sends),
+Cases, on one server (VAE_WORKERS=1, one onnxruntime thread, gRPC on): the decoder at batch
+16 and the encoder at batch 1 through gRPC's ModelInfer with raw tensors (what tritonclient.grpc sends),
 the decoder with typed tensors (contents.fp32_contents), and their REST peers: the binary
 tensor path of POST /v2/.../infer and GET /sample?n=16 (bench/oip.py's requests, driven by wrk).
 gRPC is driven by bench/grpc_load.py (grpc.aio, one connection per concurrent call, as wrk's).
