@@ -3,12 +3,13 @@
     python -m bench.oip_grpc                  # every case at concurrency 1 and 32, 3 rounds
     python -m bench.oip_grpc --duration 2 --rounds 1 --markdown
 
-Cases, on one server (VAE_WORKERS=1, one onnxruntime thread, gRPC on): the decoder at batch
-16 and the encoder at batch 1 through gRPC's ModelInfer with raw tensors (what tritonclient.grpc sends),
-the decoder with typed tensors (contents.fp32_contents), and their REST peers: the binary
-tensor path of POST /v2/.../infer and GET /sample?n=16 (bench/oip.py's requests, driven by wrk).
-gRPC is driven by bench/grpc_load.py (grpc.aio, one connection per concurrent call, as wrk's).
-Per case and concurrency: requests/s, p50/p99 and the server's CPU per request.
+Cases, on one server (VAE_WORKERS=1, one onnxruntime thread, gRPC on): the decoder at
+batch 16 and the encoder at batch 1 through gRPC's ModelInfer with raw tensors (what
+tritonclient.grpc sends), the decoder with typed tensors (contents.fp32_contents), and their
+REST peers: the binary tensor path of POST /v2/.../infer and GET /sample?n=16 (bench/oip.py's
+requests, driven by wrk). gRPC is driven by bench/grpc_load.py (grpc.aio, one connection per
+concurrent call, as wrk's). Per case and concurrency: requests/s, p50/p99 and the server's
+CPU per request.
 
 The target (issue #26): gRPC's server CPU per request at most the REST binary path's, for the
 decoder of 16 and the encoder of 1. Ratios are taken within one run; the clients differ (wrk is
