@@ -1,6 +1,8 @@
 """One worker's gRPC server: started by the app's lifespan (service/app.py) once the models are
-loaded and warm, drained when the lifespan ends (SIGTERM: after HTTP has drained, in-flight
-calls get VAE_GRACEFUL_TIMEOUT seconds; health turns NOT_SERVING first).
+loaded and warm, drained on SIGTERM (or SIGINT) beside HTTP: health turns NOT_SERVING, new
+calls are refused, calls in progress get VAE_GRACEFUL_TIMEOUT seconds, while uvicorn drains
+HTTP over the same seconds (the lifespan's end then waits for both: one grace period, not two).
+uvicorn owns the signal handlers while it serves; `start` chains onto them (`_on_signal`).
 
     handle = await start(app)   # None when VAE_GRPC_PORT is 0 (off)
     ...
@@ -21,9 +23,12 @@ long-lived client channels spread over the workers again after one was replaced.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
+import signal
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,12 +53,42 @@ class GrpcPortError(RuntimeError):
     """The gRPC port cannot be had: start-up fails with this message."""
 
 
+DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 @dataclass
 class GrpcServer:
     server: Any  # grpc.aio.Server
     health: ReadinessHealth
     address: str
     grace: float
+    draining: asyncio.Task[None] | None = None
+
+    def drain(self) -> asyncio.Task[None]:
+        """Start the drain (once): health NOT_SERVING, then the server's graceful stop."""
+        if self.draining is None:
+            self.draining = asyncio.ensure_future(self._drain())
+        return self.draining
+
+    async def _drain(self) -> None:
+        await self.health.mark(serving=False)
+        await self.server.stop(self.grace)
+
+
+def _on_signal(handle: GrpcServer, loop: asyncio.AbstractEventLoop) -> None:
+    """Chain onto the handlers uvicorn installed for the drain signals: start the gRPC drain
+    on the loop, then let uvicorn's handler do what it does (its HTTP drain)."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # an app driven from another thread (tests): signals are not ours to take
+    for signum in DRAIN_SIGNALS:
+        previous = signal.getsignal(signum)
+
+        def handler(sig: int, frame: Any, previous: Any = previous) -> None:
+            loop.call_soon_threadsafe(handle.drain)
+            if callable(previous):
+                previous(sig, frame)
+
+        signal.signal(signum, handler)
 
 
 def message_limits(settings: Settings) -> tuple[int, int]:
@@ -117,12 +152,13 @@ async def start(state: Any, settings: Settings) -> GrpcServer | None:
     await server.start()
     await health.mark(serving=True)
     logger.info("gRPC (Open Inference Protocol) on %s", where)
-    return GrpcServer(server, health, where, float(settings.graceful_timeout))
+    handle = GrpcServer(server, health, where, float(settings.graceful_timeout))
+    _on_signal(handle, asyncio.get_running_loop())
+    return handle
 
 
 async def stop(handle: GrpcServer | None) -> None:
-    """Drain: health NOT_SERVING, no new calls, calls in progress get the grace period."""
-    if handle is None:
-        return
-    await handle.health.mark(serving=False)
-    await handle.server.stop(handle.grace)
+    """The drain, started at the signal or now: health NOT_SERVING, no new calls, calls in
+    progress get the grace period."""
+    if handle is not None:
+        await handle.drain()
