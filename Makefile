@@ -131,7 +131,7 @@ soak: $(VENV)/.dev-installed
 	$(BIN)/python -m scripts.soak --seconds $(SOAK_SECONDS)
 
 # Not part of `make test`: faults injected into a real 2-worker server on loopback under load,
-# one at a time, ~3 minutes in all (RELIABILITY.md, "Faults under load"); CHAOS_ARGS, e.g.
+# one at a time, ~5 minutes in all (RELIABILITY.md, "Faults under load"); CHAOS_ARGS, e.g.
 # CHAOS_ARGS='--faults sigkill,burst'.
 CHAOS_ARGS ?=
 chaos: $(VENV)/.dev-installed

@@ -1,7 +1,7 @@
 """Faults injected into a real server under load, one at a time (RELIABILITY.md, "Faults
 under load").
 
-    python -m scripts.chaos                          # every fault (`make chaos`, ~3 minutes)
+    python -m scripts.chaos                          # every fault (`make chaos`, ~5 minutes)
     python -m scripts.chaos --faults sigkill,burst --json artifacts/chaos.json
 
 For each fault: `python -m service` with 2 workers on a free 127.0.0.1 port, over a private
@@ -17,6 +17,11 @@ injected part-way:
     burst              10 x VAE_MAX_CONCURRENCY requests at once, on new connections
     metrics-unwritable the Prometheus multiprocess folder made unwritable, then a worker killed
     model-changed      a model file rewritten on disk after start, then a worker killed
+    lifecycle          versions change under load, over and over (issue #25): a new version
+                       of vae published (copy + rename) and loaded, a broken one refused, the
+                       previous one loaded back, ae unloaded and loaded; /sample, /encode and
+                       OIP infer throughout. Zero non-2xx, every answer tagged with a version
+                       served at that moment, the switch time, the workers' RSS before / after
 
 Every request's outcome is kept with the client port of its connection; a sampler maps the
 server side of each connection to the worker process that holds it (psutil), so failures can
@@ -69,7 +74,10 @@ SECONDS = {
     "burst": 12.0,
     "metrics-unwritable": 14.0,
     "model-changed": 12.0,
+    "lifecycle": 90.0,
 }
+LIFECYCLE_CYCLES = 50  # at most, within the fault's seconds
+ADMIN_KEY = "chaos-admin-key"
 FAULTS = tuple(SECONDS)
 
 
@@ -97,6 +105,7 @@ class Outcome:
     port: int | None  # client port of the connection that answered
     prev_port: int | None  # the connection this client held when it sent the request
     retry_after: bool = False
+    version: str | None = None  # X-Model-Version: the model version that answered
 
     @property
     def ok(self) -> bool:
@@ -150,9 +159,19 @@ class Load:
     """`concurrency` clients, each with one keep-alive connection, sending /sample and /encode
     in turn until stopped (bounded: at most `max_requests` each)."""
 
-    def __init__(self, base: str, concurrency: int, png: bytes, max_requests: int = 100_000):
+    def __init__(
+        self,
+        base: str,
+        concurrency: int,
+        png: bytes,
+        max_requests: int = 100_000,
+        oip_body: dict | None = None,
+    ):
         self.base, self.concurrency, self.png = base, concurrency, png
         self.max_requests = max_requests
+        # With an OIP inference body: /sample, /encode and /v2/models/vae-encoder/infer in turn.
+        self.kinds = ("sample", "encode", "oip") if oip_body else ("sample", "encode")
+        self.oip_body = oip_body
         self.outcomes: list[Outcome] = []
         self.stopped = asyncio.Event()
         self.t_zero = time.monotonic()
@@ -187,12 +206,14 @@ class Load:
             for n in range(self.max_requests):
                 if self.stopped.is_set():
                     return
-                kind = "sample" if (i + n) % 2 else "encode"
+                kind = self.kinds[(i + n + 1) % len(self.kinds)]
                 prev = self.ports.get(i)
                 t0 = self.clock()
                 try:
                     if kind == "sample":
                         r = await http.get(f"/sample?n=16&seed={n % 97}")
+                    elif kind == "oip":
+                        r = await http.post("/v2/models/vae-encoder/infer", json=self.oip_body)
                     else:
                         r = await http.post(
                             "/encode", files={"file": ("d.png", self.png, "image/png")}
@@ -217,6 +238,7 @@ class Load:
                         port,
                         prev,
                         retry_after="retry-after" in r.headers,
+                        version=r.headers.get("x-model-version"),
                     )
                 )
                 if r.status_code == 503:
@@ -966,6 +988,220 @@ async def fault_model_changed(ctx: Context) -> None:
     ctx.finish = finish
 
 
+# --- lifecycle: versions changing under load ---------------------------------------------------
+
+
+def versioned_layout(models: Path) -> None:
+    """vae's files into vae/1/ (a model with version folders); the other models stay flat."""
+    flat = models / "vae"
+    first = models / ".vae-1"
+    os.rename(flat, first)
+    flat.mkdir()
+    os.rename(first, flat / "1")
+
+
+def publish(models: Path, version: int, broken: bool = False) -> None:
+    """A new version of vae (vae/1's files, hard-linked) the safe way: complete elsewhere on
+    the same filesystem, then renamed into place. `broken`: decoder.onnx cut short."""
+    staging = models / ".staging" / str(version)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.parent.mkdir(exist_ok=True)
+    shutil.copytree(models / "vae" / "1", staging, copy_function=os.link)
+    if broken:
+        onnx = staging / "decoder.onnx"
+        data = onnx.read_bytes()
+        onnx.unlink()  # a new file, not the hard link's
+        onnx.write_bytes(data[: len(data) // 2])
+    os.rename(staging, models / "vae" / str(version))
+
+
+def oip_encoder_body(models: Path) -> dict:
+    """An OIP infer body for vae-encoder: one zero image of vae's input shape."""
+    meta = json.loads((models / "vae" / "1" / "metadata.json").read_text())
+    shape = [1, *meta["input"]["shape"]]
+    data = [0.0] * (shape[1] * shape[2] * shape[3])
+    return {
+        "inputs": [
+            {"name": meta["encoder"]["input"], "datatype": "FP32", "shape": shape, "data": data}
+        ]
+    }
+
+
+def workers_rss_mb(server: Server) -> dict[int, float]:
+    rss = {}
+    for pid in server.workers():
+        with contextlib.suppress(psutil.Error):
+            rss[pid] = round(psutil.Process(pid).memory_info().rss / 2**20, 1)
+    return rss
+
+
+@dataclass
+class Change:
+    op: str
+    model: str
+    version: str | None
+    t0: float
+    t1: float
+    status: int
+    seconds: float | None  # the server's: from the request to every worker serving it
+    error: str | None
+
+
+class Changes:
+    """The load / unload calls of the lifecycle fault, and which vae version was served when."""
+
+    def __init__(self, ctx: Context, http: httpx.AsyncClient) -> None:
+        self.ctx, self.http = ctx, http
+        self.done: list[Change] = []
+        self.windows: list[tuple[float, float, str, str]] = []  # t0, t1, old, new (vae)
+        self.served = "1"
+
+    async def call(self, op: str, model: str, version: str | None = None) -> Change:
+        body = {"parameters": {"version": version}} if version else {}
+        t0 = self.ctx.load.clock()
+        r = await self.http.post(f"/v2/repository/models/{model}/{op}", json=body)
+        t1 = self.ctx.load.clock()
+        answer = r.json() if r.headers.get("content-type") == "application/json" else {}
+        change = Change(
+            op, model, version, t0, t1, r.status_code, answer.get("seconds"), answer.get("error")
+        )
+        self.done.append(change)
+        if model == "vae" and r.status_code == 200 and answer.get("served"):
+            self.windows.append((t0, t1, self.served, answer["served"]))
+            self.served = answer["served"]
+        return change
+
+    def allowed(self, t0: float, t1: float) -> set[str]:
+        """The vae versions served at some moment between t0 and t1 (a change counts as both
+        its old and new version from its call to its answer)."""
+        served = "1"
+        allowed = set()
+        for w0, w1, old, new in self.windows:
+            if w1 < t0:
+                served = new
+            elif w0 <= t1:
+                allowed |= {old, new}
+        return allowed | {served}
+
+
+async def probe_versions(base: str, rounds: int = 4) -> set[str]:
+    """X-Model-Version of /sample answers on new connections (so every worker answers)."""
+    seen = set()
+    for _ in range(rounds):
+        async with httpx.AsyncClient(base_url=base, timeout=30, trust_env=False) as http:
+            r = await http.get("/sample?n=1&seed=1")
+            seen.add(r.headers.get("x-model-version") or f"HTTP {r.status_code}")
+    return seen
+
+
+async def poll_ready(base: str, stop_at: asyncio.Event, answers: list[int]) -> None:
+    async with httpx.AsyncClient(base_url=base, timeout=10, trust_env=False) as http:
+        while not stop_at.is_set():
+            try:
+                answers.append((await http.get("/readyz")).status_code)
+            except httpx.HTTPError:
+                answers.append(0)
+            await asyncio.sleep(0.25)
+
+
+async def fault_lifecycle(ctx: Context) -> None:
+    server, models = ctx.server, ctx.server.models
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    has_ae = (models / "ae").is_dir()
+    await ctx.at(1.0)
+    rss_before = workers_rss_mb(server)
+    readiness: list[int] = []
+    stop_polling = asyncio.Event()
+    poller = asyncio.create_task(poll_ready(server.base, stop_polling, readiness))
+    probes_wrong: list[tuple[str, list[str]]] = []
+    cycles, good = 0, 1
+    rss_by_cycle = {0: round(sum(rss_before.values()), 1)}  # all workers, MB, every 10 cycles
+    async with httpx.AsyncClient(
+        base_url=server.base, timeout=120, headers=admin, trust_env=False
+    ) as http:
+        changes = Changes(ctx, http)
+        while cycles < LIFECYCLE_CYCLES and ctx.load.clock() < ctx.seconds - 3:
+            good += 1
+            await asyncio.to_thread(publish, models, good)
+            await changes.call("load", "vae", str(good))
+            seen = await probe_versions(server.base)
+            if seen != {str(good)}:
+                probes_wrong.append((str(good), sorted(seen)))
+            await asyncio.to_thread(publish, models, 1000 + good, True)
+            await changes.call("load", "vae", str(1000 + good))
+            shutil.rmtree(models / "vae" / str(1000 + good))
+            await changes.call("load", "vae", str(good - 1))  # roll back
+            if has_ae:
+                await changes.call("unload", "ae")
+                await changes.call("load", "ae")
+            cycles += 1
+            if cycles % 10 == 0:
+                rss_by_cycle[cycles] = round(sum(workers_rss_mb(server).values()), 1)
+    stop_polling.set()
+    await poller
+    await asyncio.sleep(0.5)
+    rss_after = workers_rss_mb(server)
+    ctx.load.stopped.set()
+    ctx.recovery_s = None
+    done = changes.done
+    good_loads = [
+        c
+        for c in done
+        if c.op == "load" and c.model == "vae" and c.version and int(c.version) < 1000
+    ]
+    refused = [c for c in done if c.version and int(c.version) >= 1000]
+    switch = sorted(c.seconds for c in good_loads if c.seconds is not None)
+
+    def finish() -> None:
+        outcomes = ctx.load.outcomes
+        untagged = [o for o in outcomes if o.ok and o.version is None]
+        mismatched = [
+            (o.kind, o.version, sorted(changes.allowed(o.t0, o.t1)))
+            for o in outcomes
+            if o.ok and o.version is not None and o.version not in changes.allowed(o.t0, o.t1)
+        ]
+        ctx.details.update(
+            cycles=cycles,
+            changes=len(done),
+            switch_s_median=switch[len(switch) // 2] if switch else None,
+            switch_s_max=switch[-1] if switch else None,
+            rss_mb_before=rss_before,
+            rss_mb_after=rss_after,
+            rss_mb_by_cycle=rss_by_cycle,
+            readyz_not_200=sum(code != 200 for code in readiness),
+            readyz_polls=len(readiness),
+            answers_by_version=dict(Counter(o.version for o in outcomes if o.ok)),
+            answers_by_kind=dict(Counter(o.kind for o in outcomes if o.ok)),
+            mismatched_tags=mismatched[:5],
+            untagged=len(untagged),
+            probes_wrong=probes_wrong[:5],
+            refusal_example=refused[0].error[:300] if refused and refused[0].error else None,
+        )
+        before, after = sum(rss_before.values()), sum(rss_after.values())
+        ctx.details["rss_mb_growth_per_cycle"] = (
+            round((after - before) / cycles, 2) if cycles else None
+        )
+        ctx.checks["zero non-2xx answers"] = all(o.ok for o in outcomes) and bool(outcomes)
+        ctx.checks["every answer tagged with a version served then"] = not mismatched and (
+            not untagged
+        )
+        ctx.checks["every good load 200, every worker serving it after"] = (
+            all(c.status == 200 for c in done if c not in refused) and not probes_wrong
+        )
+        ctx.checks["every broken version refused with 400 naming the file"] = bool(refused) and all(
+            c.status == 400 and "decoder.onnx" in (c.error or "") for c in refused
+        )
+        ctx.checks["/readyz 200 throughout"] = bool(readiness) and all(
+            code == 200 for code in readiness
+        )
+        # Measured over 50 cycles (RELIABILITY.md): a few MB in the first cycles, then flat.
+        growth = ctx.details["rss_mb_growth_per_cycle"]
+        ctx.checks["workers' RSS grows < 2 MB per cycle"] = growth is not None and growth < 2
+        ctx.lost = "nothing" if ctx.checks["zero non-2xx answers"] else "see failures"
+
+    ctx.finish = finish
+
+
 def _wait_exit(process: subprocess.Popen[bytes], timeout: float) -> int | None:
     try:
         return process.wait(timeout=timeout)
@@ -1000,10 +1236,14 @@ INJECT: dict[str, Callable[[Context], Awaitable[None]]] = {
     "burst": fault_burst,
     "metrics-unwritable": fault_metrics_unwritable,
     "model-changed": fault_model_changed,
+    "lifecycle": fault_lifecycle,
 }
 ENV = {
     "sigstop-heartbeat": {"VAE_WORKER_HEARTBEAT_TIMEOUT": "3"},
+    "lifecycle": {"VAE_ADMIN_KEYS": ADMIN_KEY},
 }
+# Changes to the private copy of the models before the server starts.
+PREPARE: dict[str, Callable[[Path], None]] = {"lifecycle": versioned_layout}
 DESCRIPTION = {
     "sigkill": "SIGKILL one worker",
     "sigstop": "SIGSTOP one worker for 10 s, then SIGCONT",
@@ -1012,6 +1252,8 @@ DESCRIPTION = {
     "burst": "10 x VAE_MAX_CONCURRENCY requests at once",
     "metrics-unwritable": "Prometheus multiprocess folder made unwritable, then a worker killed",
     "model-changed": "a model file rewritten on disk after start, then a worker killed",
+    "lifecycle": "versions published, loaded, refused (broken), rolled back; a model unloaded "
+    "and loaded",
 }
 
 
@@ -1037,10 +1279,14 @@ def run_fault(
     seconds = seconds or SECONDS[name]
     copy = workdir / f"{name}-models"
     shutil.copytree(models, copy)
+    if name in PREPARE:
+        PREPARE[name](copy)
     server = start_server(copy, workdir, name, **ENV.get(name, {}))
     server.extra["max_concurrency"] = int(os.environ.get("VAE_MAX_CONCURRENCY", "64"))
     owners = Owners(server.process.pid, server.port)
-    ctx = Context(server, Load(server.base, concurrency, digit_png()), owners, seconds, workdir)
+    oip = oip_encoder_body(copy) if name == "lifecycle" else None
+    load = Load(server.base, concurrency, digit_png(), oip_body=oip)
+    ctx = Context(server, load, owners, seconds, workdir)
     started = time.monotonic()
     try:
         owners.start()

@@ -71,6 +71,23 @@ def _reserve_grpc_port(host: str, port: int) -> socket.socket | Literal[False] |
         return False
 
 
+def _start_versions(settings: Settings) -> dict[str, Any] | None:
+    """The served set every worker starts with: each model at its policy's version, resolved
+    once here so that all workers agree (None: a folder is broken; each worker then says so)."""
+    from service.inference.format import ModelLoadError
+    from service.inference.registry import parse_pins, scan
+
+    try:
+        pins = parse_pins(settings.model_versions)
+        return {
+            name: {"versions": [version], "current": version}
+            for name, disk in scan(settings.model_dir).items()
+            for version in [pins.get(name, disk.latest)]
+        }
+    except ModelLoadError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     parser = argparse.ArgumentParser(
@@ -126,11 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     if workers > 1:
         policy = supervisor.RestartPolicy.from_settings(settings)
+        served = _start_versions(settings)
         grpc_port = _reserve_grpc_port(args.host, args.grpc_port)
         if grpc_port is False:
             return 1
         try:
-            return supervisor.serve(workers, args.host, args.port, options, policy)
+            return supervisor.serve(
+                workers, args.host, args.port, options, policy, served, settings.load_timeout
+            )
         finally:
             if grpc_port is not None:
                 grpc_port.close()

@@ -20,7 +20,15 @@ from starlette.routing import BaseRoute
 
 from service import __version__
 from service.api import routers
-from service.api.auth import ApiKeyMiddleware, document_security, is_protected, load_api_keys
+from service.api.auth import (
+    AdminKeyMiddleware,
+    ApiKeyMiddleware,
+    Guesses,
+    document_security,
+    is_admin,
+    is_protected,
+    load_api_keys,
+)
 from service.api.hot_routes import HotRoutesMiddleware
 from service.api.metrics import Metrics
 from service.api.middleware import (
@@ -34,7 +42,9 @@ from service.api.page import mount_static
 from service.api.scheduling import Scheduler
 from service.grpc import server as grpc_server
 from service.inference.format import ModelLoadError
-from service.inference.registry import ModelRegistry
+from service.inference.registry import ModelRegistry, parse_pins
+from service.process import lifecycle
+from service.process.api_keys import load_admin_keys
 from service.process.settings import Settings
 
 logger = logging.getLogger("service")
@@ -95,33 +105,44 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service for `settings` (default: from VAE_* environment variables)."""
     settings = settings or Settings()
     api_keys = load_api_keys(settings)  # read now: a changed key file takes a restart
+    admin_keys = load_admin_keys(settings)
+    guesses = Guesses(settings.auth_max_failures, settings.auth_lockout)  # API and admin keys
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
-            # load_model warms each model up, so readiness means "has answered once".
+            # load_model warms each model up, so readiness means "has answered once". Under the
+            # supervisor, the served set the other workers serve now (service/process/lifecycle.py).
             registry = ModelRegistry.load(
                 settings.model_dir,
                 default=settings.default_model,
                 intra_op_threads=settings.intra_op_threads,
                 observer=metrics.observe_inference,
+                pins=parse_pins(settings.model_versions),
+                state=lifecycle.served_state(),
             )
         except ModelLoadError as exc:
             logger.error("cannot start: %s", exc)
             raise
         app.state.registry = registry
         app.state.scheduler = Scheduler()
+        # Loads and unloads never touch readiness: the served versions stay ready meanwhile.
+        app.state.lifecycle = lifecycle.Lifecycle(
+            registry, metrics, lifecycle.channel, settings.load_timeout
+        )
+        app.state.lifecycle.attach()
         app.state.ready = True
         grpc = await grpc_server.start(app.state, settings)  # None unless VAE_GRPC_PORT
-        metrics.models_loaded.set(len(registry))
+        metrics.served(registry)
         logger.info(
             "serving %s from %s (default %r)",
-            ", ".join(f"{m.name} ({m.kind}, z_dim={m.z_dim})" for m in registry),
+            ", ".join(f"{m.name} {m.version} ({m.kind}, z_dim={m.z_dim})" for m in registry),
             settings.model_dir,
             registry.default,
         )
         yield
+        app.state.lifecycle.detach()
         app.state.ready = False
         await grpc_server.stop(grpc)
 
@@ -161,17 +182,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             keys=api_keys,
             protect_probes=settings.auth_probes,
             protect_metrics=settings.auth_metrics,
+            guesses=guesses,
         )
+
+    if api_keys is not None or admin_keys is not None:
+        # /docs: a key on each operation that needs one (admin operations: an admin key).
         document_security(
-            app, lambda path: is_protected(path, settings.auth_probes, settings.auth_metrics)
+            app,
+            lambda path: (
+                is_admin(path)
+                or (
+                    api_keys is not None
+                    and is_protected(path, settings.auth_probes, settings.auth_metrics)
+                )
+            ),
         )
+    # Model management (/v2/repository): always here, so that it is off (403) without admin keys.
+    app.add_middleware(AdminKeyMiddleware, keys=admin_keys, api_keys=api_keys, guesses=guesses)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
-            expose_headers=["X-Request-ID", "X-Model", "X-Note"],
+            expose_headers=["X-Request-ID", "X-Model", "X-Model-Version", "X-Note"],
         )
     # Inside the request context, so that 503s carry a request id and are logged and counted.
     app.add_middleware(ConcurrencyLimitMiddleware, limit=settings.max_concurrency)

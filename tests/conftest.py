@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from harness import processes
-from harness.models import export_tiny_models
+from harness.models import export_tiny_model, export_tiny_models
 from harness.processes import free_port as free_port  # re-exported: tests that start servers
 
 
@@ -39,6 +39,24 @@ def stop(process: subprocess.Popen) -> None:
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model directory with a tiny `vae` and a tiny `ae` (session-wide: export takes ~1 s)."""
     return export_tiny_models(tmp_path_factory.mktemp("models"))
+
+
+# Label names of the tiny `ae` with a fitted prior (prior_model_dir).
+PRIOR_LABEL_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+@pytest.fixture(scope="session")
+def prior_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny models with real fitted priors (prior.npz, per label): `vae` (digits: labels are
+    their numbers; default prior normal) and `ae` (PRIOR_LABEL_NAMES; default prior fitted),
+    and `bare`, an AE without a prior, as folders from before priors are."""
+    root = tmp_path_factory.mktemp("prior-models")
+    export_tiny_model(root / "vae", "vae", prior=True)
+    export_tiny_model(
+        root / "ae", "ae", prior=True, prior_default="fitted", label_names=PRIOR_LABEL_NAMES
+    )
+    export_tiny_model(root / "bare", "ae")
+    return root
 
 
 @pytest.fixture

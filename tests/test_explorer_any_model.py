@@ -2,9 +2,10 @@
 headless Chromium against `python -m service` (the machinery of tests/test_page.py).
 
 Beside a tiny digit VAE (`vae`, the default) the server serves `rgb` (3x32x32, z_dim 8, with
-class names; its latent points carry a principal plane), `tall` (1x36x20, z_dim 4, its plane
-removed: the page falls back to z1, z2) and `line` (z_dim 1). Screenshots go to the test's tmp
-dir and to artifacts/screenshots/any-model/ (git-ignored); the paths are printed.
+class names and a fitted prior; its latent points carry a principal plane), `tall` (1x36x20,
+z_dim 4, its plane removed: the page falls back to z1, z2) and `line` (z_dim 1). Screenshots go
+to the test's tmp dir and to artifacts/screenshots/any-model/ (git-ignored); the paths are
+printed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import edit_metadata
 from PIL import Image
 from test_page import (
     CHROMIUM,
@@ -42,8 +42,10 @@ def any_models(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("any-models")
     export_tiny_model(root / "vae", "vae")
-    export_tiny_model(root / "rgb", "vae", z_dim=8, shape=(3, 32, 32))
-    edit_metadata(root / "rgb", label_names=CLASS_NAMES)
+    # a fitted prior with per-label fits (the class names name them); the others have none
+    export_tiny_model(
+        root / "rgb", "vae", z_dim=8, shape=(3, 32, 32), prior=True, label_names=CLASS_NAMES
+    )
     export_tiny_model(root / "tall", "vae", z_dim=4, shape=(1, 36, 20))
     points = json.loads((root / "tall" / "latent_points.json").read_text())
     del points["plane"]  # a z_dim > 2 model exported before planes: the fallback
@@ -286,3 +288,62 @@ def test_fallbacks_without_a_plane_and_for_one_dimension(session, tmp_path) -> N
     assert session.js("explorer.maps()[0].cursor[1]") == 0
     assert decode_bodies(session)[-1] == [z]
     shot(page, tmp_path, "line-1d")
+
+
+def test_fitted_prior_on_the_principal_plane_and_by_class_names(session, api, tmp_path) -> None:
+    """z_dim 8 with a prior: each component drawn as its marginal on the map's plane (mean
+    and covariance projected on PC1, PC2); the class panel's rows carry the class names."""
+    session.open()
+    page = session.page
+    choose(session, "rgb", "plane")
+    page.wait_for_selector("#map[data-prior=drawn]", timeout=WAIT_MS)
+    plane = session.js("explorer.maps()[0].proj")
+    origin, axes = np.asarray(plane["origin"]), np.asarray(plane["axes"])
+    prior = api.get("/models/rgb/prior").json()
+    drawn = session.js("explorer.maps()[0].priorEllipses")
+    assert len(drawn) == len(prior["components"])
+    for ellipse, component in zip(drawn, prior["components"], strict=True):
+        cov = np.asarray(component["covariance"])
+        np.testing.assert_allclose(
+            ellipse["mean"], (np.asarray(component["mean"]) - origin) @ axes.T, atol=1e-9
+        )
+        on_plane = axes @ cov @ axes.T
+        np.testing.assert_allclose(ellipse["covariance"], on_plane, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(
+            ellipse["sd"], np.sqrt(np.linalg.eigvalsh(on_plane))[::-1], rtol=1e-6
+        )
+    assert "projected on the map's plane" in page.inner_text("#prior-toggle-note")
+    # sampling: the picker offers the fitted prior, the classes by name
+    assert page.is_enabled("#prior-fitted")
+    assert page.locator("#sample-label option").all_inner_texts() == ["any", *CLASS_NAMES]
+    page.click("#class-go")
+    page.wait_for_selector("#class-panel[data-ready=true]", timeout=WAIT_MS)
+    names = page.locator("#class-rows .class-name b").all_inner_texts()
+    assert names == CLASS_NAMES
+    cells = page.locator("#class-rows .class-row >> nth=0").locator("img")
+    assert cells.count() == 8
+    session.wait("[...document.querySelectorAll('#class-rows img')].every((i) => i.complete)")
+    assert session.js("document.querySelector('#class-rows img').naturalWidth") == 64  # 32 x 2
+    shot(page, tmp_path, "rgb-prior")
+
+
+def test_without_a_fitted_prior_the_controls_say_why(session, api) -> None:
+    """`tall` has no prior: N(0, I) only, no classes, no ellipses, each with its reason."""
+    session.open()
+    page = session.page
+    assert api.get("/models/tall").json()["priors"]["available"] == ["normal"]
+    choose(session, "tall", "dims")
+    assert page.get_attribute("#map", "data-prior") == "none"
+    assert page.is_disabled("#prior-fitted") and page.is_checked("#prior-normal")
+    assert "no fitted prior" in page.get_attribute("label[for=prior-fitted]", "title")
+    assert "no fitted prior" in page.inner_text("#prior-note")
+    assert page.is_disabled("#sample-label")
+    assert page.is_disabled("#prior-toggle")
+    assert page.inner_text("#prior-toggle-note") == "this model has no fitted prior"
+    assert page.is_disabled("#class-go")
+    assert "no fitted prior" in page.inner_text("#class-reason")
+    # sampling still works, from N(0, I)
+    page.click("#sample-go")
+    page.wait_for_selector("#samples[data-prior=normal]", timeout=WAIT_MS)
+    assert "prior=normal" in page.get_attribute("#samples", "data-query")
+    assert not any("/prior" in r.url for r in session.requests if "/models/tall" in r.url)

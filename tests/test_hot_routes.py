@@ -89,10 +89,40 @@ def test_encode_same_as_fastapi(clients, digit_png, url, variant) -> None:
         "scale=17",
         "model=nope",
         "n=2&n=3&seed=1",
+        "prior=normal&seed=1&n=3",
+        "prior=fitted&seed=1",  # no fitted prior: the 422
+        "prior=uniform",
+        "label=3",
     ],
 )
 def test_sample_same_as_fastapi(clients, query) -> None:
     hot, plain = clients
+    assert answer(hot, "GET", "/sample?" + query) == answer(plain, "GET", "/sample?" + query)
+
+
+@pytest.fixture(scope="module")
+def prior_clients(prior_model_dir: Path):
+    """(hot, plain) over tiny models with fitted priors."""
+    with make_client(prior_model_dir) as hot, make_client(prior_model_dir) as plain:
+        plain.app.dependency_overrides[get_registry] = get_registry
+        yield hot, plain
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "seed=1&n=3",
+        "prior=fitted&seed=1&n=3&format=json",
+        "prior=normal&seed=1&n=3",
+        "model=ae&seed=2&format=json",  # its metadata's default: fitted
+        "model=ae&prior=normal&seed=2",  # the note
+        "model=bare&prior=fitted",
+        "label=3&seed=1",
+        "per_label=2&seed=1&model=ae",
+    ],
+)
+def test_sample_with_priors_same_as_fastapi(prior_clients, query) -> None:
+    hot, plain = prior_clients
     assert answer(hot, "GET", "/sample?" + query) == answer(plain, "GET", "/sample?" + query)
 
 
@@ -167,6 +197,30 @@ def test_well_formed_requests_skip_fastapi(clients, digit_png) -> None:
         assert calls == []
         assert hot.get("/sample?n=0").status_code == 422  # FastAPI's to answer
         assert calls == ["/sample"]
+    finally:
+        layer.app = inner
+
+
+def test_prior_requests_skip_fastapi_and_labels_go_to_it(prior_clients) -> None:
+    """prior= (and a default of fitted) is answered here; label= and per_label= by FastAPI."""
+    hot, _ = prior_clients
+    layer = hot.app.middleware_stack
+    while not isinstance(layer, HotRoutesMiddleware):
+        layer = layer.app
+    inner, calls = layer.app, []
+
+    async def counting(scope, receive, send):
+        calls.append(scope["query_string"])
+        await inner(scope, receive, send)
+
+    layer.app = counting
+    try:
+        for query in ("prior=fitted&n=2", "model=ae&n=2", "prior=normal&model=ae&n=2"):
+            assert hot.get("/sample?" + query).status_code == 200
+        assert calls == []
+        assert hot.get("/sample?label=1&n=2").status_code == 200
+        assert hot.get("/sample?model=bare&prior=fitted").status_code == 422
+        assert calls == [b"label=1&n=2", b"model=bare&prior=fitted"]
     finally:
         layer.app = inner
 

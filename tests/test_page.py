@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import os
+import posixpath
 import re
 import subprocess
 import sys
@@ -52,26 +53,50 @@ def test_index_is_the_explorer(client) -> None:
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/html")
     html = r.text
-    for needle in ('id="draw"', 'id="map"', 'src="static/app.js"', 'href="static/style.css"'):
+    needles = ('id="draw"', 'id="map"', '<script type="module" src="static/app.js">')
+    for needle in (*needles, 'href="static/style.css"'):
         assert needle in html
 
 
+IMPORT = re.compile(r'^import (?:\{[^}]*\} from )?"(\./[^"]+)";$', re.MULTILINE)
+
+
 def _assets(html: str) -> list[str]:
-    return re.findall(r'(?:src|href)="(static/[^"]+)"', html)
+    """What the page loads: its src/href assets and, from each module, what it imports
+    (relative `import ... from "./x.js"`), as paths under static/."""
+    found = re.findall(r'(?:src|href)="(static/[^"]+)"', html)
+    todo = [a for a in found if a.endswith(".js")]
+    while todo:
+        module = todo.pop()
+        text = (STATIC / module.removeprefix("static/")).read_text(encoding="utf-8")
+        for target in IMPORT.findall(text):
+            path = posixpath.normpath(posixpath.join(posixpath.dirname(module), target))
+            if path not in found:
+                found.append(path)
+                todo.append(path)
+    return found
 
 
 EXPECTED_TYPES = {".js": ("text/javascript", "application/javascript"), ".css": ("text/css",)}
 
 
 def test_static_assets_are_served_with_their_types(client) -> None:
+    """Every asset the page loads, modules included, is served with its type (a browser runs
+    a module script only when served as JavaScript), and nothing in static/ is left unused."""
     assets = _assets(client.get("/").text)
-    assert sorted(assets) == ["static/analysis.js", "static/app.js", "static/style.css"]
+    assert {"static/app.js", "static/style.css", "static/js/map.js"} <= set(assets)
     for asset in assets:
         r = client.get("/" + asset)
         assert r.status_code == 200, asset
         kind = r.headers["content-type"].split(";")[0].strip()
         assert kind in EXPECTED_TYPES[Path(asset).suffix], (asset, kind)
-        assert r.content == (STATIC / Path(asset).name).read_bytes()
+        assert r.content == (STATIC / asset.removeprefix("static/")).read_bytes()
+    on_disk = {
+        "static/" + p.relative_to(STATIC).as_posix()
+        for p in STATIC.rglob("*")
+        if p.is_file() and p.name != "index.html"
+    }
+    assert on_disk == set(assets), on_disk ^ set(assets)
 
 
 def test_page_and_its_start_up_data_weigh_under_300_kb(client) -> None:
@@ -94,7 +119,7 @@ def test_page_and_its_start_up_data_weigh_under_300_kb(client) -> None:
 
 def test_static_files_make_no_external_requests() -> None:
     """No CDN, no web fonts, no analytics: nothing in service/static names another host."""
-    for path in STATIC.iterdir():
+    for path in (p for p in STATIC.rglob("*") if p.is_file()):
         text = path.read_text(encoding="utf-8")
         assert not re.search(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.IGNORECASE), path
         assert "@import" not in text and "import(" not in text, path
@@ -133,12 +158,18 @@ def with_typicality(model_dir: Path, out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def explorer_models(request, tmp_path_factory) -> Path:
+def explorer_models(tmp_path_factory) -> Path:
     chosen = os.environ.get("EXPLORER_MODEL_DIR")
     if chosen:
         return Path(chosen).resolve()
-    model_dir = request.getfixturevalue("model_dir")
-    return with_typicality(model_dir, tmp_path_factory.mktemp("explorer-models"))
+    from harness.models import export_tiny_model
+
+    # the book's pair, each with a fitted prior (per-label fits): the VAE samples N(0, I) by
+    # default, the AE its fitted prior (it has no other)
+    tiny = tmp_path_factory.mktemp("tiny-with-priors")
+    export_tiny_model(tiny / "vae", "vae", prior=True)
+    export_tiny_model(tiny / "ae", "ae", prior=True, prior_default="fitted")
+    return with_typicality(tiny, tmp_path_factory.mktemp("explorer-models"))
 
 
 @contextlib.contextmanager
@@ -721,7 +752,7 @@ def test_page_asks_for_the_api_key_and_then_loads(browser, keyed_server, shots) 
         s.close()
 
 
-# --------------------------------------------------------------------------- analysis.js
+# ------------------------------------------------------ js/interpolate.js, js/score.js
 
 
 def _rgb_at(session, z: list[float]) -> list[int]:
@@ -870,3 +901,167 @@ def test_score_shows_log_px_gauge_and_error_map(session, api, shots) -> None:
         session.wait("(m) => explorer.analysis.scores.result?.model === m", ae)
         assert page.is_hidden("#logpx")
         assert "reconstruction error only" in page.inner_text("#score-note")
+
+
+# ----------------------------------------- fitted priors: js/sample.js, classes.js, priors.js
+
+
+def _priors(session) -> dict:
+    return session.js("explorer.state.models.find((m) => m.name === explorer.state.model).priors")
+
+
+def _needs_fitted(session, per_label: bool = False) -> dict:
+    priors = _priors(session)
+    if not priors or "fitted" not in priors["available"]:
+        pytest.skip("the default model has no fitted prior")
+    if per_label and not priors["per_label"]:
+        pytest.skip("the default model's prior has no per-label fits")
+    return priors
+
+
+def _last_query(session, path: str) -> dict[str, str]:
+    sent = [r.url for r in session.requests if f"/{path}?" in r.url]
+    assert sent, f"no /{path} request"
+    return dict(httpx.URL(sent[-1]).params)
+
+
+def _sample_shown(session, api, **params) -> None:
+    """The sample panel's image is exactly GET /sample with `params` (and scale 2)."""
+    session.page.wait_for_selector("#samples:not([hidden])")
+    session.wait(
+        "(q) => { const i = document.getElementById('samples');"
+        " return i.dataset.query === q && i.complete; }",
+        str(httpx.QueryParams(params)),
+    )
+    direct = api.get("/sample", params=params)
+    assert direct.status_code == 200, direct.text
+    shown = np.asarray(session.image_pixels("#samples"))
+    assert np.array_equal(shown, _png_gray(direct.content).ravel())
+    assert session.page.get_attribute("#samples", "data-prior") == direct.headers["X-Prior"]
+
+
+@pytest.mark.browser
+def test_prior_picker_and_class_change_the_sample_request(session, api) -> None:
+    session.open()
+    priors = _needs_fitted(session, per_label=True)
+    page = session.page
+    model = session.js("explorer.state.model")
+    # the picker starts at the model's default, and the first request asks for it
+    assert page.is_checked(f"#prior-{priors['default']}")
+    base = {"model": model, "n": "9", "seed": "3", "temperature": "1"}
+    page.fill("#sample-n", "9")
+    page.fill("#sample-seed", "3")
+    page.click("label[for=prior-fitted]")
+    assert "fitted prior" in page.inner_text("#sample-title")
+    page.click("#sample-go")
+    fitted = {**base, "prior": "fitted", "format": "png", "scale": "2"}
+    _sample_shown(session, api, **fitted)
+    assert _last_query(session, "sample") == fitted
+    fitted_pixels = session.image_pixels("#samples")
+    # one class: label= (its own fit), the options named as /models lists the labels
+    options = page.locator("#sample-label option").all_inner_texts()
+    assert options == ["any", *[str(entry["name"]) for entry in priors["labels"]]]
+    third = priors["labels"][3]
+    page.select_option("#sample-label", str(third["label"]))
+    assert page.inner_text("#sample-title") == f"Sample class {third['name']}"
+    page.click("#sample-go")
+    one = {**base, "prior": "fitted", "label": str(third["label"]), "format": "png", "scale": "2"}
+    _sample_shown(session, api, **one)
+    assert _last_query(session, "sample") == one
+    # back to N(0, I): the class goes back to "any" (a class is sampled from its fit)
+    page.click("label[for=prior-normal]")
+    assert page.input_value("#sample-label") == ""
+    page.click("#sample-go")
+    normal = {**base, "prior": "normal", "format": "png", "scale": "2"}
+    _sample_shown(session, api, **normal)
+    assert session.image_pixels("#samples") != fitted_pixels
+    # choosing a class while on N(0, I) switches the picker to fitted
+    page.select_option("#sample-label", str(third["label"]))
+    assert page.is_checked("#prior-fitted")
+
+
+@pytest.mark.browser
+def test_sample_by_class_shows_one_row_per_label(session, api, shots) -> None:
+    session.open()
+    priors = _needs_fitted(session, per_label=True)
+    page = session.page
+    model = session.js("explorer.state.model")
+    page.fill("#class-k", "6")
+    page.fill("#class-seed", "5")
+    page.click("#class-go")
+    page.wait_for_selector("#class-panel[data-ready=true]", timeout=WAIT_MS)
+    params = {"model": model, "per_label": "6", "seed": "5", "temperature": "1"}
+    assert _last_query(session, "sample") == {**params, "format": "json", "scale": "2"}
+    direct = api.get("/sample", params={**params, "format": "json", "scale": 2}).json()
+    # one row per label, in label order, named and with its share, six images each
+    rows = page.locator("#class-rows .class-row")
+    labels = [entry["label"] for entry in priors["labels"]]
+    assert rows.count() == len(labels) == len(direct["labels"])
+    assert [int(rows.nth(i).get_attribute("data-label")) for i in range(rows.count())] == labels
+    for i, entry in enumerate(direct["labels"]):
+        row = rows.nth(i)
+        assert row.locator(".class-name b").inner_text() == entry["name"]
+        assert row.locator(".class-name small").inner_text() == f"{100 * entry['share']:.1f}%"
+        srcs = row.locator("img").evaluate_all("(imgs) => imgs.map((i) => i.src)")
+        assert srcs == [f"data:image/png;base64,{b64}" for b64 in entry["images"]]
+    assert session.js("explorer.classes.result") == direct
+    assert "X-Prior: fitted" in page.inner_text("#class-note")
+    assert session.js("document.documentElement.scrollWidth <= window.innerWidth")
+    screenshot(page, shots, "10-sample-by-class")
+
+
+def _dark_pixels(session) -> int:
+    return session.js(
+        "(() => { const c = document.getElementById('map');"
+        " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        " let n = 0; for (let i = 0; i < d.length; i += 4)"
+        " if (d[i] < 90 && d[i + 1] < 90 && d[i + 2] < 90 && d[i + 3] > 0) n++;"
+        " return n; })()"
+    )
+
+
+@pytest.mark.browser
+def test_fitted_prior_drawn_as_ellipses_on_a_2d_map(session, api, shots) -> None:
+    session.open()
+    _needs_fitted(session)
+    page = session.page
+    model = session.js("explorer.state.model")
+    if session.js("explorer.state.models.find((m) => m.name === explorer.state.model).z_dim") != 2:
+        pytest.skip("needs a 2-D model")
+    page.wait_for_selector("#map[data-prior=drawn]", timeout=WAIT_MS)
+    prior = api.get(f"/models/{model}/prior").json()
+    drawn = session.js("explorer.maps()[0].priorEllipses")
+    assert len(drawn) == len(prior["components"])
+    for ellipse, component in zip(drawn, prior["components"], strict=True):
+        # centred on the component's mean; 1-sigma half-axes along its covariance's eigenvectors
+        np.testing.assert_allclose(ellipse["mean"], component["mean"], atol=1e-9)
+        cov = np.asarray(component["covariance"])
+        np.testing.assert_allclose(np.asarray(ellipse["covariance"]), cov, rtol=1e-9, atol=1e-12)
+        sd = np.sqrt(np.linalg.eigvalsh(cov))[::-1]
+        np.testing.assert_allclose(ellipse["sd"], sd, rtol=1e-6)
+        c, s = np.cos(ellipse["angle"]), np.sin(ellipse["angle"])
+        rotation = np.array([[c, -s], [s, c]])
+        rebuilt = rotation @ np.diag(np.square(ellipse["sd"])) @ rotation.T
+        np.testing.assert_allclose(rebuilt, cov, rtol=1e-6, atol=1e-9 * np.abs(cov).max())
+        assert ellipse["weight"] == pytest.approx(component["weight"])
+    assert "component" in page.inner_text("#prior-toggle-note")
+    screenshot(page, shots, "11-prior-ellipses")
+    # the checkbox takes them off the map and puts them back
+    with_prior = _dark_pixels(session)
+    page.uncheck("#prior-toggle")
+    page.wait_for_selector("#map[data-prior=hidden]")
+    assert session.js("explorer.maps()[0].priorEllipses.length") == 0
+    assert _dark_pixels(session) < with_prior
+    page.check("#prior-toggle")
+    page.wait_for_selector("#map[data-prior=drawn]")
+    assert _dark_pixels(session) == with_prior
+    # a label picked in the legend: that label's own fit, in its colour
+    if prior["labels"]:
+        fit = prior["labels"][2]
+        page.click(f"#legend .legend-item[data-label='{fit['label']}']")
+        picked = session.js("explorer.maps()[0].priorEllipses")
+        assert len(picked) == len(fit["components"])
+        assert {e["label"] for e in picked} == {fit["label"]}
+        means = [e["mean"] for e in picked]
+        np.testing.assert_allclose(means, [c["mean"] for c in fit["components"]], atol=1e-9)
+        assert "picked label" in page.inner_text("#prior-toggle-note")

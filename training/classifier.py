@@ -228,3 +228,29 @@ def reconstruction_quality(
         "recall": recall,
         "confusion": confusion.tolist(),
     }
+
+
+def label_quality(
+    classifier: DigitClassifier,
+    samples: np.ndarray,
+    asked: np.ndarray,
+    reference_features: np.ndarray,
+    confidence: float = 0.9,
+) -> dict:
+    """How the judge reads samples drawn for a label (`asked`, one per sample): the share read
+    as the label asked for, overall and per label, the confident share, and the Frechet
+    distance of all of them together against `reference_features`."""
+    probs, features = predict(classifier, samples)
+    read = probs.argmax(1)
+    labels = np.unique(asked)
+    per_label = {int(label): float((read[asked == label] == label).mean()) for label in labels}
+    return {
+        "count": len(samples),
+        "per_label_count": int(len(samples) // max(1, len(labels))),
+        "read_as_asked": float((read == asked).mean()),
+        "read_as_asked_by_label": [round(per_label[int(label)], 4) for label in labels],
+        "labels": [int(label) for label in labels],
+        "lowest_read_as_asked": min(per_label.values()),
+        "confident_share": float((probs.max(1) >= confidence).mean()),
+        "frechet_distance": frechet_distance(features, reference_features),
+    }

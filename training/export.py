@@ -327,6 +327,15 @@ def main(argv: list[str] | None = None) -> int:
         help=f"export the last epoch ({CHECKPOINT}) or the one with the lowest validation "
         f"loss ({BEST_CHECKPOINT})",
     )
+    p.add_argument(
+        "--no-prior",
+        action="store_true",
+        help="skip the fitted prior (a Gaussian mixture over the training split's encodings; "
+        "vae-prior fits it later without re-exporting)",
+    )
+    from training import prior
+
+    prior.add_arguments(p, prefix="prior-")
     args = p.parse_args(argv)
 
     checkpoint_name = BEST_CHECKPOINT if args.checkpoint == "best" else CHECKPOINT
@@ -414,6 +423,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         metadata.figures = ["training_curves.png"]
         write_metadata(args.out, metadata)
+    if not args.no_prior:  # before the typicality reference, which may use its density
+        spec = prior.fit_and_store(
+            args.out, train_set, val_set, args.prior_fit_on, args.prior_default,
+            args.prior_components, args.prior_margin,
+        )  # fmt: skip
+        print(f"prior: {spec.how_chosen}", file=sys.stderr)
     # The held-out reference of POST /score's typicality verdict (training/typicality.py).
     from training.typicality import add_typicality
 

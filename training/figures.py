@@ -154,6 +154,40 @@ def plot_samples(
     plt.close(fig)
 
 
+def plot_samples_by_label(
+    images: np.ndarray,
+    read_as: np.ndarray,
+    path: Path,
+    title: str,
+    label_names: list[str],
+    digits: bool = True,
+) -> None:
+    """One row per label (the book's per-digit figure): `images` (labels x columns, C, H, W)
+    row by row, each row sampled from its label's fitted prior. `read_as` (same count): the
+    judge's reading; a sample read as another label gets a red frame."""
+    rows = len(label_names)
+    columns = len(images) // rows
+    _, _, h, w = images.shape
+    gap = 2
+    fig, ax = plt.subplots(figsize=(columns * 0.55 + 1.2, rows * 0.55 + 0.6))
+    _show_grid(ax, tile(images, columns, gap), digits)
+    for i, reading in enumerate(read_as):
+        r, c = divmod(i, columns)
+        if reading != r:
+            ax.add_patch(
+                plt.Rectangle((c * (w + gap) - 0.5, r * (h + gap) - 0.5), w, h, fill=False,
+                              edgecolor="red", linewidth=1.2)
+            )  # fmt: skip
+    ax.set_yticks([r * (h + gap) + h / 2 for r in range(rows)], label_names, fontsize=8)
+    ax.set_xticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def manifold_grid(size: int = 20) -> np.ndarray:
     """z at normal quantiles: norm.ppf of evenly spaced probabilities, row-major, y decreasing."""
     quantiles = norm.ppf(np.linspace(0.05, 0.95, size))

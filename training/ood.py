@@ -295,15 +295,60 @@ def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
     return float(u / (len(inside) * len(outside)))
 
 
-def _scores(model, images: np.ndarray, reference, seed: int) -> np.ndarray:
+@dataclass
+class Scored:
+    """One set's typicality scores under the reference, and the values they are made of."""
+
+    scores: np.ndarray
+    values: dict[str, np.ndarray]
+
+
+def _scores(model, images: np.ndarray, reference, seed: int, prior=None) -> Scored:
     """The reference's typicality score of each image (higher = more typical)."""
     if len(images) == 0:
-        return np.empty(0)
+        return Scored(np.empty(0), {})
     x = model.to_model_pixels(images)
     values = scoring.typicality_values(
-        model, x, reference.k or 1, np.random.default_rng(seed), OFFLINE_CHUNK
+        model, x, reference.k or 1, np.random.default_rng(seed), OFFLINE_CHUNK, prior
     )
-    return scoring.reference_scores(reference, values)[0]
+    return Scored(scoring.reference_scores(reference, values)[0], values)
+
+
+class PriorSignal:
+    """The fitted prior's density as a /score signal, measured: each image's score without
+    the prior (the model's base score), with the prior's log density alone, and combined (the
+    lowest of the parts' percentiles among held-out images). The held-out quantiles of each
+    part come from the reference where it has them, the log density's otherwise from the
+    held-out images' encodings."""
+
+    def __init__(self, model, reference, prior, held_out: np.ndarray | None) -> None:
+        base = scoring.score_name(model.kind, prior=False)
+        self.base, self.combined = base, scoring.score_name(model.kind, prior=True)
+        stored = dict(reference.components or {reference.score: reference.quantiles})
+        if "log_prior" not in stored:
+            if held_out is None:
+                raise ValueError("the prior's density needs held-out images for its quantiles")
+            images = np.asarray(held_out, np.float32).reshape(-1, *model.input_shape)
+            codes = model.encode_batch(model.to_model_pixels(images))
+            mean = codes["mu"] if model.kind == "vae" else codes["z"]
+            stored["log_prior"] = scoring._rounded(prior.log_density(mean), scoring.QUANTILE_POINTS)
+        self.quantiles = stored
+
+    def scores(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        def lowest(parts: tuple[str, ...]) -> np.ndarray:
+            return scoring.combine({p: self.quantiles[p] for p in parts}, values)[0]
+
+        return {
+            "without_prior": lowest(scoring.COMPONENTS.get(self.base, (self.base,))),
+            "log_prior": values["log_prior"],
+            "with_prior": lowest(scoring.COMPONENTS[self.combined]),
+        }
+
+    def aurocs(self, inside: Scored, outside: Scored) -> dict[str, float]:
+        if not len(inside.scores) or not len(outside.scores):
+            return {}
+        a, b = self.scores(inside.values), self.scores(outside.values)
+        return {name: auroc(a[name], b[name]) for name in a}
 
 
 def mean_log_px(
@@ -341,13 +386,18 @@ def likelihood_report(
     log_px_images: int = LOG_PX_IMAGES,
     progress: bool = True,
     digits: bool = True,
+    held_out: np.ndarray | None = None,
 ) -> dict:
     """The figures for evaluation.json: mean log p(x) (VAE), the share of test digits called
     typical, and the AUROC of the typicality score between the test digits and each OOD set,
     raw and after the upload preparation. The model's metadata must hold `typicality`.
-    `digits` False (a model of other images): its test images, raw, under "test", no sets."""
+    `digits` False (a model of other images): its test images, raw, under "test", no sets.
+    A model with a fitted prior also gets "prior_signal": the AUROCs without the prior's
+    density, with it alone and combined (PriorSignal; `held_out`: the validation images,
+    for the density's quantiles when the reference has none)."""
     from service.inference.format import read_metadata
     from service.inference.registry import load_model
+    from training.prior import fitted_prior
 
     def say(text: str) -> None:
         if progress:
@@ -359,6 +409,10 @@ def likelihood_report(
         raise ValueError(
             f"{model_dir}: metadata.json has no typicality (python -m training.typicality)"
         )
+    prior = fitted_prior(Path(model_dir), model.metadata)
+    signal = None
+    if prior is not None and digits:
+        signal = PriorSignal(model, reference, prior, held_out)
     # Digits as (N, 28, 28), as the OOD sets are; other images in the model's (N, C, H, W).
     shape = (SIZE, SIZE) if digits else model.input_shape
     test = np.asarray(test_images, np.float32).reshape(-1, *shape)
@@ -375,7 +429,7 @@ def likelihood_report(
         report["log_px"] = mean_log_px(model, test, log_px_k, log_px_images, seed)
     if not digits:
         say(f"scoring {len(test)} test images")
-        inside = _scores(model, test, reference, seed)
+        inside = _scores(model, test, reference, seed, prior).scores
         report["test"] = {
             "count": len(test),
             "raw": {
@@ -391,9 +445,10 @@ def likelihood_report(
         )
         return report
     say(f"scoring {len(test)} test digits, raw and prepared")
-    inside_raw = _scores(model, test, reference, seed)
+    scored_raw = _scores(model, test, reference, seed, prior)
     test_prepared, test_refused = prepared(test)
-    inside_prepared = _scores(model, test_prepared, reference, seed + 1)
+    scored_prepared = _scores(model, test_prepared, reference, seed + 1, prior)
+    inside_raw, inside_prepared = scored_raw.scores, scored_prepared.scores
     threshold = reference.threshold
     report["mnist_test"] = {
         "count": len(test),
@@ -409,9 +464,13 @@ def likelihood_report(
             mean_score=float(inside_prepared.mean()),
         )
     report["sets"] = {}
+    if signal is not None:
+        report["prior_signal"] = {"without_prior": signal.base, "with_prior": signal.combined,
+                                  "sets": {}}  # fmt: skip
     for name, ood in sets.items():
         say(f"scoring {name} ({len(ood.images)} images), raw and prepared")
-        raw = _scores(model, ood.images, reference, seed + 2)
+        scored = _scores(model, ood.images, reference, seed + 2, prior)
+        raw = scored.scores
         ready, refused = prepared(ood.images)
         entry: dict = {
             "description": ood.description,
@@ -423,8 +482,14 @@ def likelihood_report(
             },
             "prepared": {"count": len(ready), "refused": refused},
         }
+        scored_ready = _scores(model, ready, reference, seed + 3, prior)
+        if signal is not None:
+            report["prior_signal"]["sets"][name] = {
+                "raw": signal.aurocs(scored_raw, scored),
+                "prepared": signal.aurocs(scored_prepared, scored_ready),
+            }
         if len(ready) and len(inside_prepared):
-            scores = _scores(model, ready, reference, seed + 3)
+            scores = scored_ready.scores
             entry["prepared"].update(
                 {
                     "auroc": auroc(inside_prepared, scores),
@@ -478,6 +543,27 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def prior_signal_table(report: dict) -> str:
+    """The prior_signal AUROCs as Markdown: per set, raw and prepared, without the prior's
+    density, with it alone and combined."""
+    signal = report.get("prior_signal")
+    if not signal:
+        return ""
+    lines = [
+        f"AUROC without the fitted prior ({signal['without_prior']}), its log density of the "
+        f"encoding alone (log_prior), and both ({signal['with_prior']}):",
+        "",
+        "| set | raw: without | raw: log_prior | raw: with | prepared: without | "
+        "prepared: log_prior | prepared: with |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    keys = ("without_prior", "log_prior", "with_prior")
+    for name, entry in signal["sets"].items():
+        cells = [_num(entry[side].get(key)) for side in ("raw", "prepared") for key in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _score_line(report: dict) -> str:
     score = report["score"] + (f" (k = {report['k']})" if report.get("k") else "")
     return (
@@ -524,6 +610,7 @@ def evaluate_likelihood(
     log_px_k: int = LOG_PX_K,
     log_px_images: int = LOG_PX_IMAGES,
     digits: bool = True,
+    held_out: np.ndarray | None = None,
 ) -> dict:
     """vae-evaluate's likelihood and typicality section. A folder without `typicality` in its
     metadata gets it first, from the run's validation split (as vae-export would have).
@@ -543,11 +630,14 @@ def evaluate_likelihood(
         ood_count = min(OOD_COUNT, len(test_images))
     sets = build_sets(ood_count, seed) if digits else {}
     report = likelihood_report(
-        model_dir, test_images, sets, seed, log_px_k, log_px_images, progress, digits=digits
-    )
+        model_dir, test_images, sets, seed, log_px_k, log_px_images, progress, digits=digits,
+        held_out=held_out,
+    )  # fmt: skip
     if added:
         report["notes"].append(added)
     report["table"] = markdown_table(report)
+    if "prior_signal" in report:
+        report["prior_signal"]["table"] = prior_signal_table(report)
     return report
 
 

@@ -33,12 +33,14 @@ def held_out_values(
     seed: int = SEED,
 ) -> dict[str, np.ndarray]:
     """The typicality values (scoring.component_values) of each image (N, C, H, W, [0, 1])
-    under the folder's model."""
+    under the folder's model (and its fitted prior, when it has one)."""
     from service.inference.registry import load_model
+    from training.prior import fitted_prior
 
     model = load_model(Path(model_dir))
     x = model.to_model_pixels(images)
-    return scoring.typicality_values(model, x, k, np.random.default_rng(seed), OFFLINE_CHUNK)
+    prior = fitted_prior(Path(model_dir), model.metadata)
+    return scoring.typicality_values(model, x, k, np.random.default_rng(seed), OFFLINE_CHUNK, prior)
 
 
 def add_typicality(
@@ -51,10 +53,11 @@ def add_typicality(
     score: scoring.ScoreName | None = None,
 ) -> Typicality:
     """Score `images` (the run's held-out split) and store the reference in metadata.json.
-    `score` None: scoring.score_name of the model's kind (VAE: log_px_and_kl; AE: neg_mse)."""
+    `score` None: scoring.score_name of the model's kind (VAE: log_px_and_kl; AE: neg_mse;
+    with a fitted prior, each with the prior's density too)."""
     model_dir = Path(model_dir)
     metadata = read_metadata(model_dir)
-    name = score or scoring.score_name(metadata.kind)
+    name = score or scoring.score_name(metadata.kind, metadata.prior is not None)
     uses_k = metadata.kind == "vae" and name != "neg_mse"
     values = held_out_values(model_dir, images, k, seed)
     record = scoring.typicality_record(
@@ -106,9 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=SEED, help="seed of the posterior samples")
     p.add_argument(
         "--score",
-        choices=["log_px_and_kl", "iwae_log_px", "neg_mse"],
+        choices=list(scoring.SCORE_TEXT),
         default=None,
-        help="the typicality score (default: log_px_and_kl for a VAE, neg_mse for an AE)",
+        help="the typicality score (default: log_px_and_kl for a VAE, neg_mse for an AE; "
+        "log_px_kl_and_prior and neg_mse_and_prior for models with a fitted prior)",
     )
     p.add_argument(
         "--quantile",

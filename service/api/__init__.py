@@ -8,7 +8,8 @@ request bodies (schemas), uploads, scheduling, middleware and metrics.
     page.py       GET / (the explorer) and /static
     latent_ops.py POST /interpolate, GET /manifold
     scores.py     POST /score, /score/batch
-    oip/          the Open Inference Protocol (KServe V2 / Triton) under /v2
+    oip/          the Open Inference Protocol (KServe V2 / Triton) under /v2, and its model
+                  repository extension (load, unload: admin keys)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.api import encoding, images, latent_ops, metadata, oip, page, probes, scores
+from service.api.oip import repository
 from service.process.settings import Settings
 
 
@@ -30,4 +32,5 @@ def routers(settings: Settings) -> list[APIRouter]:
         page.router(),
         probes.router(),
         oip.router(settings),
+        repository.router(),
     ]

@@ -124,13 +124,19 @@ class LikelihoodInfo(BaseModel):
 class TypicalityVerdict(BaseModel):
     """The image's score against the held-out images' (metadata `typicality`)."""
 
-    score_name: Literal["log_px_and_kl", "iwae_log_px", "neg_mse"]
+    score_name: Literal[
+        "log_px_and_kl", "log_px_kl_and_prior", "neg_mse_and_prior", "iwae_log_px", "neg_mse"
+    ]
     score: float = Field(
         description="this image's score (higher = more typical); log_px_and_kl: the lower of "
-        "its log p(x) and KL percentiles among held-out images (0..100)"
+        "its log p(x) and KL percentiles among held-out images (0..100); log_px_kl_and_prior: "
+        "the lowest of those and the fitted prior's log density's percentile; "
+        "neg_mse_and_prior: the lower of the -MSE and prior density percentiles"
     )
     components: dict[str, float] | None = Field(
-        None, description="log_px_and_kl: each part's percentile (iwae_log_px, kl)"
+        None,
+        description="a combined score's parts, each one's percentile among held-out images "
+        "(iwae_log_px, kl, log_prior, neg_mse)",
     )
     k: int | None = Field(None, description="posterior samples of the score (iwae_log_px)")
     percentile: float = Field(description="share of held-out images scoring lower, 0..100")
@@ -179,6 +185,12 @@ class ScoreResult(BaseModel):
         description="VAE: -log_px / (D ln 2), D = C x H x W (likelihood.dims), of a "
         "continuous density (not comparable with "
         "the bits/dim of discrete 8-bit models; can be negative)",
+    )
+    log_prior: float | None = Field(
+        None,
+        description="with a fitted prior: its log density (nats) of the image's encoding (VAE: "
+        "mu; AE: z): how likely the encoding is under the aggregate posterior of the training "
+        "images; null for a model without a fitted prior",
     )
     k: int | None = Field(None, description="VAE: posterior samples used")
     seed: int | None = Field(None, description="VAE: the seed of the samples (repeat with it)")

@@ -5,7 +5,8 @@ Routes take them through the `Annotated` aliases at the bottom (uploads: `servic
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import MutableMapping
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Query, Request
 
@@ -47,14 +48,39 @@ def named_model(registry: ModelRegistry, name: str) -> Model:
     return registry.get(name)
 
 
+def tag(scope: MutableMapping[str, Any], model: Model) -> Model:
+    """Mark the answer with the version that produces it (X-Model-Version, by the middleware)."""
+    scope.setdefault("state", {})["model_version"] = model.version
+    return model
+
+
 async def get_model(
+    request: Request,
     registry: RegistryDep,
     model: Annotated[
         str | None,
         Query(description="model name (see GET /models); default: VAE_DEFAULT_MODEL"),
     ] = None,
+    version: Annotated[
+        str | None,
+        Query(
+            description="a loaded version of the model (POST /v2/repository/index lists them); "
+            "default: the served one. The answer's X-Model-Version says which produced it"
+        ),
+    ] = None,
 ) -> Model:
-    return named_model(registry, registry.default if model is None else model)
+    name = registry.default if model is None else model
+    chosen = named_model(registry, name)
+    if version is not None and version != chosen.version:
+        try:
+            chosen = registry.get(name, version)
+        except KeyError:
+            raise HTTPException(
+                404,
+                f"version {version!r} of model {name!r} is not loaded; loaded versions: "
+                f"{registry.versions(name)}",
+            ) from None
+    return tag(request.scope, chosen)
 
 
 def validation_error(loc: list[str | int], msg: str, kind: str = "value_error") -> HTTPException:

@@ -1,6 +1,6 @@
 """Pure-ASGI answers for the two hot requests: POST /encode with one small multipart file, and
-GET /sample with plain query values. Everything else, and anything these do not recognise
-exactly, goes to FastAPI unchanged.
+GET /sample with plain query values (and `prior=`; `label=` and `per_label=` go to FastAPI).
+Everything else, and anything these do not recognise exactly, goes to FastAPI unchanged.
 
 Why: for an MNIST-sized request, FastAPI's routing, dependency solving and python-multipart
 cost about as much as the model (BENCHMARKS.md, "What is left between the service and the
@@ -26,11 +26,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.deps import check_image_count, check_picture_output
+from service.api.deps import check_image_count, check_picture_output, tag
 from service.api.encoding import encode_uploads
-from service.api.images import MAX_TEMPERATURE, sample_prior
+from service.api.images import MAX_TEMPERATURE, sample_prior, sampling_choice
 from service.api.scheduling import WorkSize, small_output, small_uploads
-from service.api.schemas import ImageFormat, Preprocess
+from service.api.schemas import ImageFormat, Preprocess, PriorName
 
 # Bodies up to this size are read here; bigger ones (rare for a digit) go to FastAPI, which
 # spools them to a temporary file instead of holding them in memory.
@@ -53,6 +53,7 @@ _UINT = re.compile(r"0|[1-9][0-9]{0,19}")
 _FLOAT = re.compile(r"(?:0|[1-9][0-9]{0,2})(?:\.[0-9]{1,12})?")
 _FORMATS = {f.value: f for f in ImageFormat}
 _PREPROCESS = {p.value: p for p in Preprocess}
+_PRIORS = {p.value: p for p in PriorName}
 _SEED_MAX = 2**64 - 1
 
 
@@ -181,8 +182,9 @@ class HotRoutesMiddleware:
             await self.app(scope, receive, send)
             return
         registry, scheduler, settings = state
-        name = query.get("model", registry.default)
-        if name not in registry:
+        # Taken now: the version served at this moment answers, whatever loads meanwhile.
+        model = registry.lookup(query.get("model", registry.default))
+        if model is None:
             await self.app(scope, receive, send)
             return
         # Through the body-size and body-time limits outside: their errors propagate as ever.
@@ -199,7 +201,7 @@ class HotRoutesMiddleware:
         if data is None:
             await self.app(scope, _replay(body, receive), send)
             return
-        model = registry.get(name)
+        tag(scope, model)
         preprocess = _PREPROCESS[query.get("preprocess", "auto")]
         size = WorkSize(images=1, small=small_uploads([data]))
         try:
@@ -215,27 +217,31 @@ class HotRoutesMiddleware:
         state = self._state(scope)
         query = _query(
             scope["query_string"],
-            frozenset({"model", "n", "seed", "temperature", "format", "scale"}),
+            frozenset({"model", "n", "seed", "temperature", "format", "scale", "prior"}),
         )
-        if state is None or query is None:
+        if state is None or query is None or query.get("prior", "normal") not in _PRIORS:
             await self.app(scope, receive, send)
             return
         registry, scheduler, settings = state
         values = _sample_values(query, settings.max_batch)
-        name = query.get("model", registry.default)
-        if values is None or name not in registry:
+        model = registry.lookup(query.get("model", registry.default))
+        if values is None or model is None:
             await self.app(scope, receive, send)
             return
         n, seed, temperature, fmt, scale = values
-        model = registry.get(name)
-        try:  # the route's per-model limits (a big RGB model allows fewer, smaller images)
+        tag(scope, model)
+        prior = _PRIORS[query["prior"]] if "prior" in query else None
+        try:  # the route's checks: the prior the model has, and per-model limits
+            chosen, _ = sampling_choice(model, prior, None)
             check_image_count(model, n, settings.max_batch, ["query", "n"])
             check_picture_output(model, n, scale, settings.max_batch)
         except HTTPException:  # FastAPI's route words the 422
             await self.app(scope, receive, send)
             return
         size = WorkSize(images=n, small=small_output(n, scale, model.input_shape))
-        response = await scheduler.run(size, sample_prior, model, n, seed, temperature, fmt, scale)
+        response = await scheduler.run(
+            size, sample_prior, model, n, seed, temperature, fmt, scale, chosen
+        )
         scope["route"] = self.sample_route
         await response(scope, receive, send)
 

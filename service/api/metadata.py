@@ -1,7 +1,9 @@
-"""What is served: GET /models, /models/{name}, its latent points and its figures.
+"""What is served: GET /models, /models/{name}, its latent points, its fitted prior and its
+figures.
 
 The bodies are the models' metadata.json as validated at load (`ModelMetadata`): the same
-definition export writes and the service checks.
+definition export writes and the service checks, with `priors` (what GET /sample can draw
+from) added.
 """
 
 import mimetypes
@@ -11,8 +13,16 @@ from fastapi.responses import FileResponse
 
 from service.api.deps import RegistryDep, named_model
 from service.api.params import PNG_FILE_RESPONSE, errors
-from service.api.schemas import LatentPoints, ModelList
-from service.inference.format import ModelMetadata
+from service.api.priors import prior_body, priors_info
+from service.api.schemas import LatentPoints, ModelInfo, ModelList, PriorBody
+from service.inference.model import Model
+
+
+def model_info(model: Model) -> ModelInfo:
+    """A model's /models entry: its metadata and its priors."""
+    return ModelInfo.model_validate(
+        {**model.metadata.model_dump(), "priors": priors_info(model).model_dump()}
+    )
 
 
 def router() -> APIRouter:
@@ -22,17 +32,33 @@ def router() -> APIRouter:
     async def list_models(registry: RegistryDep) -> ModelList:
         return ModelList(
             default=registry.default,
-            models=[registry.get(name).metadata for name in registry.names],
+            models=[model_info(registry.get(name)) for name in registry.names],
         )
 
     @api.get(
         "/models/{name}",
-        response_model=ModelMetadata,
-        summary="One model's metadata",
+        response_model=ModelInfo,
+        summary="One model's metadata, and the priors GET /sample can draw from",
         responses=errors(404),
     )
-    async def get_model_info(name: str, registry: RegistryDep) -> ModelMetadata:
-        return named_model(registry, name).metadata
+    async def get_model_info(name: str, registry: RegistryDep) -> ModelInfo:
+        return model_info(named_model(registry, name))
+
+    @api.get(
+        "/models/{name}/prior",
+        response_model=PriorBody,
+        summary="The fitted prior: a Gaussian mixture (weights, means, covariances), overall "
+        "and per label",
+        responses=errors(404),
+    )
+    async def get_prior(name: str, registry: RegistryDep) -> PriorBody:
+        model = named_model(registry, name)
+        if model.prior is None:
+            raise HTTPException(
+                404,
+                f"model {name!r} has no fitted prior (GET /sample draws its z from N(0, I))",
+            )
+        return prior_body(model)
 
     @api.get(
         "/models/{name}/latent-points",

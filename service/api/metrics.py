@@ -73,6 +73,30 @@ class Metrics:
             # several workers (service/process/workers.py): the same models
             multiprocess_mode="max",
         )
+        # The model lifecycle (service/process/lifecycle.py): counted by the worker that
+        # answered the load or unload request (once per request, whatever the workers).
+        self.model_changes = Counter(
+            "vae_model_lifecycle",
+            "model loads and unloads by operation, model and outcome (done or refused)",
+            ["operation", "model", "outcome"],
+            registry=self.registry,
+        )
+        self.model_change_seconds = Histogram(
+            "vae_model_lifecycle_duration_seconds",
+            "seconds from a load or unload request to every worker serving the change",
+            ["operation", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.served_version = Gauge(
+            "vae_model_served_version",
+            "1 for the version of each model that requests without a version get; 0 for a "
+            "version loaded beside it, or one served before",
+            ["model", "version"],
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+        self._served_labels: set[tuple[str, str]] = set()
         # observe_request's label children by (method, route, status, protocol): `labels()`
         # costs a lock and a tuple check per call, per metric. Bounded: the method is the
         # client's to choose.
@@ -106,6 +130,26 @@ class Metrics:
             self._inference_children[(model, graph)] = children
         children[0].observe(seconds)
         children[1].observe(batch)
+
+    def lifecycle(self, operation: str, model: str, ok: bool, seconds: float) -> None:
+        self.model_changes.labels(operation, model, "done" if ok else "refused").inc()
+        if ok:
+            self.model_change_seconds.labels(operation, model).observe(seconds)
+
+    def served(self, registry: Any) -> None:
+        """The served and loaded versions of a ModelRegistry, as vae_model_served_version."""
+        now = {
+            (name, version): float(version == registry.served_version(name))
+            for name in registry.names
+            for version in registry.versions(name)
+        }
+        # 0 rather than removed: a removed child's value stays in the multiprocess files.
+        for labels in self._served_labels - set(now):
+            self.served_version.labels(*labels).set(0)
+        for labels, value in now.items():
+            self.served_version.labels(*labels).set(value)
+        self._served_labels |= set(now)
+        self.models_loaded.set(len(registry))
 
     def render(self) -> bytes:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -235,6 +235,9 @@ class RequestContextMiddleware:
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode("latin-1")))
                 headers.append((b"x-content-type-options", b"nosniff"))
+                version = scope["state"].get("model_version")  # deps.tag: the model's version
+                if version is not None:
+                    headers.append((b"x-model-version", str(version).encode("latin-1")))
                 message = {**message, "headers": headers}
             elif message["type"] == "http.response.body":
                 bytes_out += len(message.get("body", b""))

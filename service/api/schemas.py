@@ -20,6 +20,13 @@ class ImageFormat(StrEnum):
     json = "json"
 
 
+class PriorName(StrEnum):
+    """Where GET /sample draws z: normal = N(0, T^2 I); fitted = the model's fitted mixture."""
+
+    normal = "normal"
+    fitted = "fitted"
+
+
 class Preprocess(StrEnum):
     """What an upload goes through before the encoder: auto = the model's own preparation
     (metadata input.preparation); or one of the three by name."""
@@ -80,6 +87,31 @@ class ImagesResponse(BaseModel):
     note: str | None = Field(None, description="caveats, e.g. sampling a plain AE")
 
 
+class SampleResponse(ImagesResponse):
+    """`?format=json` of /sample."""
+
+    prior: PriorName = Field(description="the prior the z were drawn from (header X-Prior)")
+    label: int | None = Field(None, description="the label whose mixture was sampled (&label=)")
+
+
+class LabelSamples(BaseModel):
+    """One label's row of /sample?per_label=K."""
+
+    label: int = Field(description="the label number")
+    name: str = Field(description="its name (metadata label_names; digits: the number)")
+    share: float = Field(description="its share of the training split")
+    images: list[str] = Field(description="K base64 8-bit PNGs")
+    z: list[list[float]] = Field(description="the latent vector each image was decoded from")
+
+
+class PerLabelResponse(BaseModel):
+    """`?format=json` of /sample?per_label=K: K samples of each label's fitted mixture."""
+
+    model: str
+    prior: PriorName = Field(description="always 'fitted' (header X-Prior)")
+    labels: list[LabelSamples] = Field(description="one entry per label, in label order")
+
+
 class ReconstructResponse(ImagesResponse):
     """`?format=json` of /reconstruct."""
 
@@ -92,9 +124,54 @@ class ReconstructResponse(ImagesResponse):
     mse: float = Field(description="per-pixel mean squared error, input vs reconstruction")
 
 
+class LabelInfo(BaseModel):
+    label: int = Field(description="the label number (GET /sample?label=)")
+    name: str = Field(description="its name (metadata label_names; digits: the number)")
+    share: float = Field(description="its share of the training split")
+
+
+class PriorsInfo(BaseModel):
+    """What GET /sample can draw from for a model."""
+
+    available: list[PriorName] = Field(description="'normal' always; 'fitted' with a prior file")
+    default: PriorName = Field(description="what /sample uses when the request names no prior")
+    per_label: bool = Field(description="whether &label= and &per_label= work (per-label fits)")
+    labels: list[LabelInfo] = Field(description="the labels with a fit, in label order")
+
+
+class ModelInfo(ModelMetadata):
+    """A model's metadata.json as loaded, with the priors it serves."""
+
+    model_config = ConfigDict(title="ModelInfo", json_schema_extra={})
+
+    priors: PriorsInfo
+
+
 class ModelList(BaseModel):
     default: str = Field(description="the model used without ?model=")
-    models: list[ModelMetadata]
+    models: list[ModelInfo]
+
+
+class MixtureComponent(BaseModel):
+    weight: float = Field(description="its share of the mixture")
+    mean: list[float] = Field(description="z_dim numbers")
+    covariance: list[list[float]] = Field(description="z_dim x z_dim, symmetric")
+
+
+class LabelMixture(LabelInfo):
+    components: list[MixtureComponent]
+
+
+class PriorBody(BaseModel):
+    """GET /models/{name}/prior: the fitted Gaussian mixture (for drawing it on the latent map)."""
+
+    z_dim: int
+    fitted_on: str = Field(description="which encodings were fitted (metadata prior.fitted_on)")
+    default: PriorName = Field(description="what /sample uses when the request names no prior")
+    components: list[MixtureComponent] = Field(description="the mixture over the whole data")
+    labels: list[LabelMixture] = Field(
+        description="one mixture per label, in label order (empty without per-label fits)"
+    )
 
 
 class LatentPlane(BaseModel):

@@ -38,6 +38,7 @@ from service.imaging import png
 from service.imaging.tiles import error_map_grid_png, error_map_pngs
 from service.inference import scoring
 from service.inference.model import Model
+from service.inference.prior import FittedPrior
 from service.process.settings import Settings
 
 # Posterior samples one /score/batch may decode in all (files x k): ~10 s of one core.
@@ -54,6 +55,10 @@ ERROR_MAP_RESPONSE: dict[str, Any] = {
 AE_NOTE = (
     "plain autoencoder: it has no likelihood, so there is no log p(x); its score is "
     "reconstruction error only (typicality by -MSE)"
+)
+AE_PRIOR_NOTE = (
+    "plain autoencoder: it has no likelihood, so there is no log p(x); its fitted prior's "
+    "density of the code (log_prior) and its reconstruction error are what it has"
 )
 NO_REFERENCE = (
     "no held-out reference in this model's metadata (no `typicality`): no verdict "
@@ -88,8 +93,10 @@ def _verdict(
         return [None] * len(x), NO_REFERENCE
     values = scoring.component_values(scores)
     needed = scoring.COMPONENTS.get(reference.score, (reference.score,))
-    if any(name not in values for name in needed):
-        return [None] * len(x), f"the metadata's typicality score {reference.score!r} needs a VAE"
+    missing = [name for name in needed if name not in values]
+    if missing:
+        what = "a fitted prior" if missing == ["log_prior"] else "a VAE"
+        return [None] * len(x), f"the metadata's typicality score {reference.score!r} needs {what}"
     note = None
     if "iwae_log_px" in needed and reference.k != k:
         assert reference.k is not None and scores.likelihood is not None
@@ -157,7 +164,8 @@ def score_uploads(
     if seed is None:  # a fresh seed, reported so the answer can be repeated
         seed = int(np.random.default_rng().integers(2**63))
     rng = np.random.default_rng(seed)
-    scores = scoring.score_images(model, x, k, rng, chunk_for(model, scoring.CHUNK))
+    prior: FittedPrior | None = getattr(model, "prior", None)  # Model.prior: the registry's
+    scores = scoring.score_images(model, x, k, rng, chunk_for(model, scoring.CHUNK), prior)
     if fmt is ImageFormat.png:
         data = (
             error_map_pngs(scores.signed_error, scale)[0]
@@ -167,7 +175,7 @@ def score_uploads(
         return Response(data, media_type="image/png", headers={"X-Model": model.name})
     verdicts, verdict_note = _verdict(model, scores, x, k, rng)
     vae = model.kind == "vae"
-    notes = [AE_NOTE] if not vae else []
+    notes = [] if vae else [AE_NOTE if prior is None else AE_PRIOR_NOTE]
     if verdict_note:
         notes.append(verdict_note)
     note = "; ".join(notes) or None
@@ -189,6 +197,7 @@ def score_uploads(
             elbo=_optional(scores.elbo, i),
             log_px=_optional(scores.log_px, i),
             bits_per_dim=_optional(bits, i),
+            log_prior=_optional(scores.log_prior, i),
             k=k if vae else None,
             seed=seed if vae else None,
             likelihood=likelihood,
@@ -219,8 +228,10 @@ def router(settings: Settings) -> APIRouter:
         "KL and the ELBO, the k-sample importance-weighted log p(x) (seedable: the same seed "
         "gives the same bytes) and bits per dimension (D = C x H x W pixel values: an RGB "
         "image's three channels all count). Both kinds: the reconstruction, its "
-        "per-pixel error map and MSE, and the percentile among held-out images with a "
-        "typical/atypical verdict at the threshold fixed at export. For the plain AE the score "
+        "per-pixel error map and MSE, with a fitted prior its log density of the image's "
+        "encoding (`log_prior`), and the percentile among held-out images with a "
+        "typical/atypical verdict at the threshold fixed at export (with a fitted prior the "
+        "verdict also counts that density). For the plain AE without a fitted prior the score "
         "is reconstruction error only.",
         openapi_extra=ONE_IMAGE_BODY,
         responses={200: ERROR_MAP_RESPONSE, **errors(400, 404, 413, 415, 422)},

@@ -38,7 +38,7 @@ from service.api.auth import ApiKeys, check_key, offered_keys
 from service.api.metrics import Metrics
 from service.api.middleware import request_id_of
 from service.api.oip.codec import OipError
-from service.api.oip.models import find_model, outputs_of, served_models
+from service.api.oip.models import find_model, metadata_of, outputs_of, served_models
 from service.api.oip.routes import INLINE_PARSE_BYTES, SERVER_NAME
 from service.api.scheduling import WorkSize
 from service.grpc import messages
@@ -205,7 +205,7 @@ class InferenceService:
 
     async def model_metadata(self, request: Any) -> Any:
         view = find_model(self.state, request.name, request.version or None)
-        return messages.ModelMetadataResponse(**view.metadata())
+        return messages.ModelMetadataResponse(**metadata_of(self.state, view))
 
     async def model_infer(self, request: Any) -> Any:
         view = find_model(self.state, request.model_name, request.model_version or None)
@@ -218,7 +218,9 @@ class InferenceService:
 
         def respond() -> Any:
             outputs = outputs_of(call, self.settings)
-            return infer_response(view.name, view.version, call.request.id, outputs, raw)
+            return infer_response(
+                view.name, view.version, call.request.id, outputs, raw, call.parameters
+            )
 
         return await scheduler.run(call.size, respond)
 

@@ -132,17 +132,33 @@ def input_bytes(message: Any) -> int:
     return total
 
 
+def set_parameter(parameter: Any, value: Any) -> None:
+    """An InferParameter from a Python value (bool, int, float or str)."""
+    if isinstance(value, bool):
+        parameter.bool_param = value
+    elif isinstance(value, int):
+        parameter.int64_param = value
+    elif isinstance(value, float):
+        parameter.double_param = value
+    else:
+        parameter.string_param = str(value)
+
+
 def infer_response(
     model_name: str,
     model_version: str,
     request_id: str | None,
     outputs: Sequence[Output],
     raw: bool,
+    parameters: Mapping[str, Any] | None = None,
 ) -> Any:
-    """A ModelInferResponse: raw outputs (little-endian, row-major), or typed contents."""
+    """A ModelInferResponse: raw outputs (little-endian, row-major), or typed contents; the
+    response's `parameters` (the sampler's prior and label) as InferParameters."""
     response = ModelInferResponse(
         model_name=model_name, model_version=model_version, id=request_id or ""
     )
+    for key, value in (parameters or {}).items():
+        set_parameter(response.parameters[key], value)
     for out in outputs:
         tensor = response.outputs.add(name=out.name, datatype=out.datatype)
         tensor.shape.extend(out.array.shape)

@@ -141,16 +141,31 @@ class DecoderSpec(BaseModel):
     output: TensorName = Field(description="output tensor name, (N, C, H, W) float32")
 
 
+# The typicality scores made of parts (an image's score is the lowest of its parts'
+# percentiles among the held-out images), and their parts.
+SCORE_COMPONENTS: dict[str, tuple[str, ...]] = {
+    "log_px_and_kl": ("iwae_log_px", "kl"),
+    "log_px_kl_and_prior": ("iwae_log_px", "kl", "log_prior"),
+    "neg_mse_and_prior": ("neg_mse", "log_prior"),
+}
+
+
 class Typicality(BaseModel):
     """How typical an image is for this model: its score against held-out images' scores
     (written at export by training/typicality.py, read by POST /score)."""
 
     model_config = ConfigDict(extra="allow")
 
-    score: Literal["log_px_and_kl", "iwae_log_px", "neg_mse"] = Field(
+    score: Literal[
+        "log_px_and_kl", "log_px_kl_and_prior", "neg_mse_and_prior", "iwae_log_px", "neg_mse"
+    ] = Field(
         description="log_px_and_kl (VAE): the lower of two percentiles among the held-out "
         "images, of the importance-weighted log p(x) with `k` posterior samples and of the "
-        "KL(q(z|x) || p(z)) (`components` holds their held-out quantiles); iwae_log_px: that "
+        "KL(q(z|x) || p(z)) (`components` holds their held-out quantiles); "
+        "log_px_kl_and_prior (VAE with a fitted prior): the lowest of three, those two and "
+        "the fitted prior's log density of the image's mean encoding (`log_prior`: how likely "
+        "the encoding is under the aggregate posterior); neg_mse_and_prior (AE with a fitted "
+        "prior): the lower of the percentiles of -MSE and of log_prior; iwae_log_px: that "
         "log p(x) alone, in nats; neg_mse: minus the per-pixel MSE of the reconstruction "
         "(plain AE: reconstruction error only). Higher is more typical"
     )
@@ -167,8 +182,9 @@ class Typicality(BaseModel):
     )
     components: dict[str, list[float]] | None = Field(
         None,
-        description="a combined score's parts (log_px_and_kl: iwae_log_px and kl): each one's "
-        "held-out quantiles at evenly spaced probabilities, for its percentile",
+        description="a combined score's parts (log_px_and_kl: iwae_log_px and kl; "
+        "log_px_kl_and_prior: also log_prior; neg_mse_and_prior: neg_mse and log_prior): each "
+        "one's held-out quantiles at evenly spaced probabilities, for its percentile",
     )
     threshold: float = Field(description="typical: score >= threshold")
     threshold_quantile: float = Field(
@@ -186,9 +202,10 @@ class Typicality(BaseModel):
                 raise ValueError(f"{name}: at least two finite quantiles")
             if any(b < a for a, b in itertools.pairwise(values)):
                 raise ValueError(f"{name}: quantiles must be sorted (non-decreasing)")
-        if self.score in ("iwae_log_px", "log_px_and_kl") and self.k is None:
+        parts = SCORE_COMPONENTS.get(self.score, ())
+        if (self.score == "iwae_log_px" or "iwae_log_px" in parts) and self.k is None:
             raise ValueError(f"score {self.score!r} needs k")
-        wanted = {"iwae_log_px", "kl"} if self.score == "log_px_and_kl" else None
+        wanted = set(parts) or None
         if set(self.components or ()) != (wanted or set()):
             raise ValueError(
                 f"score {self.score!r} needs components {sorted(wanted or [])}, got "

@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.inference.format import ModelLoadError, ModelMetadata
+from service.inference.prior import FittedPrior
 from service.inference.sessions import TRIM_AFTER_BATCH, release_free_memory
 
 # Called after each inference with (model name, "encoder" | "decoder", batch size, seconds).
@@ -44,7 +45,11 @@ class Model:
     decoder: ort.InferenceSession
     latent_points: bytes | None = None  # the raw JSON file, validated at load
     plane: LatentPlane | None = None  # the latent points' principal plane, when they carry one
+    prior: FittedPrior | None = None  # the fitted prior (metadata `prior`), checked at load
     observer: InferenceObserver | None = field(default=None, repr=False)
+    # Which version of the model this is: its version folder's number (models/vae/2/), or for
+    # a flat folder the metadata's `version` ("1" without one).
+    version: str = "1"
 
     @property
     def name(self) -> str:
@@ -106,6 +111,48 @@ class Model:
     @property
     def figures(self) -> list[str]:
         return self.metadata.figures
+
+    @property
+    def priors(self) -> list[str]:
+        """The priors GET /sample can draw from: 'normal' always, 'fitted' with a prior file."""
+        return ["normal"] if self.prior is None else ["normal", "fitted"]
+
+    @property
+    def default_prior(self) -> str:
+        """The prior a request that names none gets: the metadata's `prior.default`, 'normal'
+        for a model without a fitted prior."""
+        spec = self.metadata.prior
+        return "normal" if spec is None or self.prior is None else spec.default
+
+    @property
+    def label_names(self) -> dict[int, str]:
+        """Each label of the fitted prior's per-label mixtures by its name: metadata
+        `label_names[label]` where there is one, else the label number (digits)."""
+        if self.prior is None:
+            return {}
+        names = self.metadata.label_names or []
+        return {
+            label: names[label] if 0 <= label < len(names) else str(label)
+            for label in self.prior.labels
+        }
+
+    def sample_z(
+        self,
+        n: int,
+        rng: np.random.Generator,
+        temperature: float = 1.0,
+        prior: str = "normal",
+        label: int | None = None,
+    ) -> np.ndarray:
+        """n latent vectors (float32): 'normal' is N(0, temperature^2 I) (the draws GET /sample
+        always made, so a seed gives the same bytes as before priors); 'fitted' the fitted
+        mixture (of `label`'s fit when given), each component's spread times temperature.
+        KeyError for a label without a fit, ValueError for 'fitted' without a prior."""
+        if prior == "normal":
+            return (rng.standard_normal((n, self.z_dim)) * temperature).astype(np.float32)
+        if prior != "fitted" or self.prior is None:
+            raise ValueError(f"model {self.name!r} has no prior {prior!r}")
+        return self.prior.sample(n, rng, temperature, label)
 
     def _observe(self, graph: str, batch: int, start: float) -> None:
         if self.observer is not None:

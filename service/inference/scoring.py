@@ -29,9 +29,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service.inference.format import ModelMetadata
+from service.inference.format import SCORE_COMPONENTS, ModelMetadata
 from service.inference.model import Model
 from service.inference.normal import LOG_2PI, log_standard_normal
+from service.inference.prior import FittedPrior
 
 # The /score default: one request (encode, decode the mean, k posterior samples) stays under
 # ~50 ms on this 2-core machine with its other work (measured: README, "Scores").
@@ -45,7 +46,9 @@ BOOK_LIKELIHOOD = "mse"
 BOOK_R_LOSS_FACTOR = 1000.0
 QUANTILE_POINTS = 1001
 TYPICAL_QUANTILE = 0.01
-ScoreName = Literal["log_px_and_kl", "iwae_log_px", "neg_mse"]
+ScoreName = Literal[
+    "log_px_and_kl", "log_px_kl_and_prior", "neg_mse_and_prior", "iwae_log_px", "neg_mse"
+]
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,9 @@ class ImageScores:
     kl: np.ndarray | None = None
     elbo: np.ndarray | None = None
     log_px: np.ndarray | None = None  # the k-sample importance-weighted bound, nats
+    # The fitted prior's log density of the mean encoding (VAE: mu; AE: z), nats; None
+    # without a fitted prior.
+    log_prior: np.ndarray | None = None
 
     @property
     def bits_per_dim(self) -> np.ndarray | None:
@@ -215,10 +221,12 @@ def score_images(
     k: int = DEFAULT_K,
     rng: np.random.Generator | None = None,
     chunk: int = CHUNK,
+    prior: FittedPrior | None = None,
 ) -> ImageScores:
     """Images (N, C, H, W) in the model's convention -> their scores. Both kinds: the
-    reconstruction from the mean, its per-pixel errors and MSE; a VAE also: the ELBO's terms
-    and the k-sample importance-weighted log p(x)."""
+    reconstruction from the mean, its per-pixel errors and MSE, and with a fitted `prior` its
+    log density of the mean encoding; a VAE also: the ELBO's terms and the k-sample
+    importance-weighted log p(x)."""
     if len(x) == 0:
         raise ValueError("no images to score")
     codes: dict[str, np.ndarray] = {}
@@ -240,6 +248,8 @@ def score_images(
         signed = np.sqrt(squared) * np.where(difference.mean(axis=1) < 0, -1.0, 1.0)
     mse = np.mean((difference * difference).reshape(len(x), -1), axis=1)
     scores = ImageScores(recon, squared, signed, mse, codes)
+    if prior is not None:
+        scores.log_prior = prior.log_density(mean)
     if model.kind != "vae":
         return scores
     likelihood = likelihood_of(model.metadata)
@@ -254,17 +264,23 @@ def score_images(
     return scores
 
 
-def score_name(kind: str) -> ScoreName:
+def score_name(kind: str, prior: bool = False) -> ScoreName:
     """The typicality score of a model kind: the VAE's log p(x) and KL together, the AE's
-    -MSE (it has nothing else)."""
-    return "log_px_and_kl" if kind == "vae" else "neg_mse"
+    -MSE (it has nothing else); with a fitted `prior`, each also with the prior's density of
+    the encoding (models/README.md: it separates the out-of-distribution sets better)."""
+    if kind == "vae":
+        return "log_px_kl_and_prior" if prior else "log_px_and_kl"
+    return "neg_mse_and_prior" if prior else "neg_mse"
 
 
 def component_values(scores: ImageScores) -> dict[str, np.ndarray]:
     """Each image's values that typicality scores are made of (higher = more typical):
-    `neg_mse`; a VAE also `iwae_log_px` (nats) and `kl` (nats: the posterior's information
-    about the image; a vague posterior, near the prior, is a low KL)."""
+    `neg_mse`; with a fitted prior `log_prior` (nats: how likely the encoding is under the
+    aggregate posterior); a VAE also `iwae_log_px` (nats) and `kl` (nats: the posterior's
+    information about the image; a vague posterior, near the prior, is a low KL)."""
     values: dict[str, np.ndarray] = {"neg_mse": -scores.mse}
+    if scores.log_prior is not None:
+        values["log_prior"] = scores.log_prior
     if scores.log_px is not None and scores.kl is not None:
         values["iwae_log_px"] = scores.log_px
         values["kl"] = scores.kl
@@ -277,9 +293,10 @@ def typicality_values(
     k: int = DEFAULT_K,
     rng: np.random.Generator | None = None,
     chunk: int = CHUNK,
+    prior: FittedPrior | None = None,
 ) -> dict[str, np.ndarray]:
     """`component_values` of images (N, C, H, W) in the model's convention."""
-    return component_values(score_images(model, x, k, rng, chunk))
+    return component_values(score_images(model, x, k, rng, chunk, prior))
 
 
 def percentiles(quantiles: Sequence[float], scores: np.ndarray | Sequence[float]) -> np.ndarray:
@@ -309,7 +326,7 @@ def percentile(quantiles: Sequence[float], score: float) -> float:
     return float(percentiles(quantiles, [score])[0])
 
 
-COMPONENTS: dict[str, tuple[str, ...]] = {"log_px_and_kl": ("iwae_log_px", "kl")}
+COMPONENTS: dict[str, tuple[str, ...]] = SCORE_COMPONENTS
 
 
 def combine(
@@ -343,6 +360,14 @@ SCORE_TEXT = {
     "and of its KL(q(z|x) || p(z)) (how much the encoder's posterior says about it: a vague "
     "posterior near the prior, a low KL, marks an input the encoder does not recognise; "
     "Alemi et al. 2018 use this 'rate' to flag such inputs); atypical if either is low",
+    "log_px_kl_and_prior": "the lowest of three percentiles among the held-out images: of "
+    "its importance-weighted log p(x) (k = {k} posterior samples), of its KL(q(z|x) || p(z)) "
+    "(a vague posterior near the prior marks an input the encoder does not recognise) and of "
+    "the fitted prior's log density of its mean encoding (an encoding where the training "
+    "images' encodings are rare); atypical if any one is low",
+    "neg_mse_and_prior": "the lower of two percentiles among the held-out images: of minus "
+    "the per-pixel MSE of its reconstruction and of the fitted prior's log density of its "
+    "code (an encoding where the training images' codes are rare); atypical if either is low",
     "iwae_log_px": "importance-weighted log p(x) with k = {k} posterior samples, in nats",
     "neg_mse": "negative per-pixel MSE of the reconstruction (a plain AE has no likelihood: "
     "this is reconstruction error only)",

@@ -12,6 +12,10 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from pydantic import SecretStr
+
     from service.process.settings import Settings
 
 
@@ -62,21 +66,29 @@ def load_api_keys(settings: Settings) -> ApiKeys | None:
 
     A key file that cannot be read, or holds no key, is an error (never a silent "auth off").
     """
-    keys = _check([k.get_secret_value() for k in settings.api_keys], "VAE_API_KEYS")
-    path = settings.api_keys_file
+    return _load(settings.api_keys, settings.api_keys_file, "VAE_API_KEYS")
+
+
+def load_admin_keys(settings: Settings) -> ApiKeys | None:
+    """The keys of VAE_ADMIN_KEYS plus VAE_ADMIN_KEYS_FILE, or None: model management off."""
+    return _load(settings.admin_keys, settings.admin_keys_file, "VAE_ADMIN_KEYS")
+
+
+def _load(secrets: list[SecretStr], path: Path | None, variable: str) -> ApiKeys | None:
+    keys = _check([k.get_secret_value() for k in secrets], variable)
     if path is not None:
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ApiKeyError(
-                f"VAE_API_KEYS_FILE {path}: cannot read it ({exc.strerror or exc})"
+                f"{variable}_FILE {path}: cannot read it ({exc.strerror or exc})"
             ) from None
         except UnicodeDecodeError:
-            raise ApiKeyError(f"VAE_API_KEYS_FILE {path}: not UTF-8 text") from None
-        from_file = _check(read_key_file(text), f"VAE_API_KEYS_FILE {path}")
+            raise ApiKeyError(f"{variable}_FILE {path}: not UTF-8 text") from None
+        from_file = _check(read_key_file(text), f"{variable}_FILE {path}")
         if not from_file:
             raise ApiKeyError(
-                f"VAE_API_KEYS_FILE {path} holds no key (every line is blank or a # comment)"
+                f"{variable}_FILE {path} holds no key (every line is blank or a # comment)"
             )
         keys += from_file
     return ApiKeys(keys) if keys else None

@@ -21,6 +21,16 @@ class Settings(BaseSettings):
         DEFAULT_MODEL_DIR, description="folder holding one sub-folder per exported model"
     )
     default_model: str = Field("vae", description="model used when a request has no ?model=")
+    model_versions: str = Field(
+        "",
+        description="version policy: NAME=VERSION pins, comma-separated (e.g. `vae=2`); a model "
+        "not named serves its latest version folder (the highest number)",
+    )
+    load_timeout: float = Field(
+        300.0,
+        gt=0,
+        description="seconds a model load may take in every worker before it is refused",
+    )
     max_batch: int = Field(256, ge=1, le=4096, description="most images or vectors in one request")
     max_upload_bytes: int = Field(
         10 * 1024 * 1024, ge=1024, description="largest request body in bytes"
@@ -88,6 +98,25 @@ class Settings(BaseSettings):
         description="file of API keys, one per line (blank lines and # comments ignored), read "
         "at start-up, e.g. a Kubernetes Secret mounted as a file; adds to VAE_API_KEYS",
     )
+    admin_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="admin keys, comma-separated: model management (/v2/repository: load, "
+        "unload, index) is off unless these (or VAE_ADMIN_KEYS_FILE) are set, and then needs "
+        "one of them (an API key gets a 403)",
+    )
+    admin_keys_file: Path | None = Field(
+        None, description="file of admin keys, one per line; adds to VAE_ADMIN_KEYS"
+    )
+    auth_max_failures: int = Field(
+        10,
+        ge=0,
+        description="wrong keys (API or admin) one client address may send within "
+        "VAE_AUTH_LOCKOUT seconds; more are refused with a 429 until that much time has passed "
+        "since the last (0 = no limit). Counted per worker process",
+    )
+    auth_lockout: float = Field(
+        60.0, gt=0, description="seconds over which wrong keys are counted, and a lockout lasts"
+    )
     auth_probes: bool = Field(
         False, description="with API keys on, /healthz and /readyz need a key too"
     )
@@ -111,7 +140,7 @@ class Settings(BaseSettings):
         "Triton's)",
     )
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

@@ -51,7 +51,10 @@ from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from service.process.lifecycle import STATE_ENV, Coordinator
 
 if TYPE_CHECKING:
     from service.process.settings import Settings
@@ -148,8 +151,10 @@ def _worker(
     slot: int,
     beats: Any,
     report: Connection,
+    control: Connection,
 ) -> None:
-    """One worker process: its own SO_REUSEPORT socket, one uvicorn server, a heartbeat."""
+    """One worker process: its own SO_REUSEPORT socket, one uvicorn server, a heartbeat, and
+    its end of the control pipe (model loads: service/process/lifecycle.py)."""
     # uvicorn re-raises the SIGTERM it drained on: exit 0, like the single-process server.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     signal.signal(SHED_SIGNAL, signal.SIG_IGN)  # until the server can act on it
@@ -158,6 +163,9 @@ def _worker(
     from service.inference.sessions import limit_malloc_arenas
 
     limit_malloc_arenas()
+    from service.process import lifecycle
+
+    lifecycle.channel = control  # the app's lifespan finds it there
     directory = os.environ.get(METRICS_DIR_ENV)
     if directory and not _writable(directory):
         # Serving beats metrics: this worker's counts stay its own (missing from the others'
@@ -269,6 +277,7 @@ class _Slot:
     index: int
     process: BaseProcess | None = None
     report: Connection | None = None
+    control: Connection | None = None  # the supervisor's end of the worker's control pipe
     started_at: float = 0.0
     serving: bool = False
     killed_for_heartbeat: bool = False
@@ -281,104 +290,177 @@ def _say(message: str) -> None:
     print(f"vae-serve: {message}", file=sys.stderr, flush=True)
 
 
-def serve(
-    workers: int,
-    host: str,
-    port: int,
-    options: dict[str, Any],
-    policy: RestartPolicy | None = None,
-) -> int:
-    """Run `workers` uvicorn processes on host:port until SIGTERM / SIGINT; the exit status."""
-    policy = policy or RestartPolicy()
-    try:
-        holder = _socket(host, port)  # reserves the port for our workers (same user)
-    except OSError as exc:
-        print(f"vae-serve: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
-        return 1
-    port = holder.getsockname()[1]
-    metrics_dir = tempfile.mkdtemp(prefix="vae-metrics-")
-    os.environ[METRICS_DIR_ENV] = metrics_dir  # read by prometheus_client as workers import it
-    metrics = _SupervisorMetrics(workers)
-    context = multiprocessing.get_context("spawn")
-    beats = context.RawArray(ctypes.c_double, workers)  # heartbeats, time.monotonic()
-    slots = [_Slot(i) for i in range(workers)]
-    restarts: deque[float] = deque()  # when each restart within the window happened
-    stopping: list[int] = []
-    stopped_codes: list[int] = []  # exit statuses of the workers that exited once stopping
-    status = 0
+class Supervisor:
+    """The parent process: starts the workers, then reacts to one event at a time, each with a
+    method of its own: a worker starting to serve (`serving`), a heartbeat gone quiet
+    (`heartbeat`), a worker's death (`death`), a replacement due (`start`), SIGTERM / SIGINT
+    (`drain`). `run` is the loop that notices them."""
 
-    def alive() -> list[BaseProcess]:
-        return [s.process for s in slots if s.process is not None and s.process.is_alive()]
+    def __init__(
+        self,
+        workers: int,
+        host: str,
+        port: int,
+        options: dict[str, Any],
+        policy: RestartPolicy,
+        metrics_dir: str,
+        coordinator: Coordinator,
+    ) -> None:
+        self.workers, self.host, self.port, self.options = workers, host, port, options
+        self.coordinator = coordinator
+        self.policy = policy
+        self.metrics_dir = metrics_dir
+        self.metrics = _SupervisorMetrics(workers)
+        self.context = multiprocessing.get_context("spawn")
+        self.beats = self.context.RawArray(ctypes.c_double, workers)  # time.monotonic()
+        self.slots = [_Slot(i) for i in range(workers)]
+        self.restarts: deque[float] = deque()  # when each restart within the window happened
+        self.stopping: list[int] = []  # the signal asked to stop with, once asked
+        self.stopped_codes: list[int] = []  # exit statuses of the workers that exited since
+        self.status = 0
 
-    def stop(signum: int, frame: object = None) -> None:
-        if stopping:
-            return
-        stopping.append(signum)
-        for process in alive():
-            if process.pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(process.pid, signum)
+    # --- state ------------------------------------------------------------------------------
 
-    def launch(slot: _Slot) -> None:
-        beats[slot.index] = 0.0
-        receiver, sender = context.Pipe(duplex=False)
-        process = context.Process(
+    def alive(self) -> list[BaseProcess]:
+        return [s.process for s in self.slots if s.process is not None and s.process.is_alive()]
+
+    def serving_count(self) -> int:
+        return sum(s.serving for s in self.slots)
+
+    # --- events -----------------------------------------------------------------------------
+
+    def start(self, slot: _Slot) -> None:
+        """A worker process into `slot` (at start-up, or replacing one that died)."""
+        self.beats[slot.index] = 0.0
+        receiver, sender = self.context.Pipe(duplex=False)
+        control, theirs = self.context.Pipe(duplex=True)
+        process = self.context.Process(
             target=_worker,
-            args=(host, port, options, slot.index, beats, sender),
+            args=(self.host, self.port, self.options, slot.index, self.beats, sender, theirs),
             name=f"vae-worker-{slot.index}",
         )
         slot.started_at = time.monotonic()
         process.start()
         sender.close()
+        theirs.close()
         slot.process, slot.report, slot.serving = process, receiver, False
+        slot.control = control
         slot.killed_for_heartbeat, slot.restart_at = False, None
 
-    def rebalance(replacement: _Slot) -> None:
-        """The other serving workers shed their keep-alive connections (SHED_SIGNAL)."""
-        for other in slots:
+    def serving(self, slot: _Slot, now: float) -> None:
+        """A worker's first heartbeat: it listens. A replacement has the others rebalance."""
+        slot.serving = True
+        self.metrics.serving(self.serving_count())
+        if slot.replacing is None or slot.died_at is None or slot.process is None:
+            return
+        _say(
+            f"worker {slot.process.pid} (replacing {slot.replacing}) serving, "
+            f"{now - slot.died_at:.1f} s after the exit; "
+            f"{self.serving_count()} of {self.workers} workers serving; the others' "
+            "keep-alive connections reconnect after their next response"
+        )
+        for other in self.slots:  # SHED_SIGNAL: they close keep-alive connections
             pid = other.process.pid if other.process is not None else None
-            if other is not replacement and other.serving and pid is not None:
+            if other is not slot and other.serving and pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, SHED_SIGNAL)
 
-    def serving_count() -> int:
-        return sum(s.serving for s in slots)
+    def heartbeat(self, slot: _Slot, now: float, checked_since: float) -> None:
+        """A serving worker whose heartbeat is older than the timeout is killed (and then
+        replaced, as any death)."""
+        process, policy = slot.process, self.policy
+        beat = self.beats[slot.index]
+        if (
+            process is None
+            or process.pid is None
+            or policy.heartbeat_timeout <= 0
+            or self.stopping
+            or slot.killed_for_heartbeat
+            or now - max(beat, checked_since) <= policy.heartbeat_timeout
+        ):
+            return
+        _say(
+            f"worker {process.pid}: no heartbeat for {now - beat:.1f} s "
+            f"(VAE_WORKER_HEARTBEAT_TIMEOUT={policy.heartbeat_timeout:g}): killing it"
+        )
+        slot.killed_for_heartbeat = True
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGKILL)
 
-    def startup_message(slot: _Slot) -> str | None:
-        with contextlib.suppress(OSError, EOFError):
-            if slot.report is not None and slot.report.poll():
-                return str(slot.report.recv())
-        return None
-
-    def exited(slot: _Slot, process: BaseProcess, now: float) -> None:
-        """A worker's process is gone: record it, then replace it, or stop the server."""
-        nonlocal status
+    def death(self, slot: _Slot, process: BaseProcess, now: float) -> None:
+        """A worker's process is gone: record it, then schedule its replacement, or stop the
+        server (a start-up failure; too many restarts)."""
         code = process.exitcode if process.exitcode is not None else 1
         pid = process.pid
         served = slot.serving
-        message = startup_message(slot)
-        if slot.report is not None:
-            slot.report.close()
+        message = self._startup_message(slot)
+        for connection in (slot.report, slot.control):
+            if connection is not None:
+                connection.close()
         slot.process, slot.report, slot.serving, slot.died_at = None, None, False, now
-        metrics.serving(serving_count())
+        slot.control = None
+        self.coordinator.gone(slot.index)
+        self.metrics.serving(self.serving_count())
         with contextlib.suppress(Exception):  # the folder may be unwritable: never fatal
             from prometheus_client import multiprocess
 
-            multiprocess.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]
-        if stopping:
-            stopped_codes.append(code)
+            multiprocess.mark_process_dead(pid, self.metrics_dir)  # type: ignore[no-untyped-call]
+        if self.stopping:
+            self.stopped_codes.append(code)
             return
         if code == STARTUP_FAILURE and not served:
             _say(
                 f"worker {pid} could not start: {message or 'see its log above'}; "
                 "stopping the server"
             )
-            status = STARTUP_FAILURE
-            stop(signal.SIGTERM)
+            self.status = STARTUP_FAILURE
+            self.drain(signal.SIGTERM)
             return
         how = _how(code)
         if slot.killed_for_heartbeat:
             how += " (by the supervisor: no heartbeat)"
+        self._schedule_restart(slot, pid, how, now)
+
+    def reload(self, now: float) -> None:
+        """Model loads and unloads (service/process/lifecycle.py): pass on what the workers
+        said, and what the change under way sends next."""
+        for slot in self.slots:
+            control = slot.control
+            with contextlib.suppress(EOFError, OSError):
+                while control is not None and control.poll():
+                    self._tell(self.coordinator.received(slot.index, control.recv()))
+        serving = [s.index for s in self.slots if s.serving]
+        starting = any(s.process is not None and not s.serving for s in self.slots)
+        self._tell(self.coordinator.advance(serving, starting, now))
+
+    def _tell(self, messages: list[tuple[int, dict[str, Any]]]) -> None:
+        for index, message in messages:
+            control = self.slots[index].control
+            if control is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    control.send(message)
+
+    def drain(self, signum: int, frame: object = None) -> None:
+        """SIGTERM / SIGINT (or a fatal event): forward the signal to every worker, once; each
+        drains as a single uvicorn would."""
+        if self.stopping:
+            return
+        self.stopping.append(signum)
+        for process in self.alive():
+            if process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signum)
+
+    # --- helpers of the events ----------------------------------------------------------------
+
+    def _startup_message(self, slot: _Slot) -> str | None:
+        with contextlib.suppress(OSError, EOFError):
+            if slot.report is not None and slot.report.poll():
+                return str(slot.report.recv())
+        return None
+
+    def _schedule_restart(self, slot: _Slot, pid: int | None, how: str, now: float) -> None:
+        policy, restarts = self.policy, self.restarts
         while restarts and now - restarts[0] > policy.window:
             restarts.popleft()
         if len(restarts) >= policy.max_restarts:
@@ -387,8 +469,8 @@ def serve(
                 f"{policy.window:g} s already (VAE_MAX_WORKER_RESTARTS={policy.max_restarts}, "
                 f"VAE_WORKER_RESTART_WINDOW={policy.window:g}): stopping the server"
             )
-            status = RESTART_LIMIT_EXIT
-            stop(signal.SIGTERM)
+            self.status = RESTART_LIMIT_EXIT
+            self.drain(signal.SIGTERM)
             return
         restarts.append(now)
         delay = policy.delay(len(restarts))
@@ -396,24 +478,44 @@ def serve(
         _say(
             f"worker {pid} {how}; starting a replacement in {delay:g} s "
             f"(restart {len(restarts)} of {policy.max_restarts} allowed within "
-            f"{policy.window:g} s); {serving_count()} of {workers} workers serving"
+            f"{policy.window:g} s); {self.serving_count()} of {self.workers} workers serving"
         )
 
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        for slot in slots:
-            launch(slot)
+    def _check(self, slot: _Slot, now: float, checked_since: float) -> None:
+        """One slot, once per turn of the loop: which event, if any, it has."""
+        process = slot.process
+        if process is None:
+            # Not while a model load is under way: the replacement reads the served set after.
+            due = slot.restart_at is not None and now >= slot.restart_at
+            if due and not self.stopping and not self.coordinator.busy:
+                self.start(slot)
+                self.metrics.restarted()
+            return
+        if not process.is_alive():
+            process.join()
+            self.death(slot, process, now)
+        elif not slot.serving:
+            if self.beats[slot.index] >= slot.started_at:
+                self.serving(slot, now)
+        else:
+            self.heartbeat(slot, now, checked_since)
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start every worker, then supervise until stopped; the exit status."""
+        for slot in self.slots:
+            self.start(slot)
         _say(
-            f"{workers} worker processes on http://{host}:{port} "
-            f"(pids {', '.join(str(s.process.pid) for s in slots if s.process)})"
+            f"{self.workers} worker processes on http://{self.host}:{self.port} "
+            f"(pids {', '.join(str(s.process.pid) for s in self.slots if s.process)})"
         )
         last = checked_since = time.monotonic()
-        while True:
-            if stopping and all(slot.process is None for slot in slots):
-                break
-            sentinels = [p.sentinel for p in alive()]
-            if sentinels:
-                wait(sentinels, timeout=_POLL)
+        while not (self.stopping and all(slot.process is None for slot in self.slots)):
+            waitables: list[Any] = [p.sentinel for p in self.alive()]
+            waitables += [s.control for s in self.slots if s.control is not None]
+            if waitables:
+                wait(waitables, timeout=_POLL)
             else:
                 time.sleep(_POLL)
             now = time.monotonic()
@@ -422,66 +524,69 @@ def serve(
                 # look old now are not the workers' fault.
                 checked_since = now
             last = now
-            for slot in slots:
-                process = slot.process
-                if process is None:
-                    if not stopping and slot.restart_at is not None and now >= slot.restart_at:
-                        launch(slot)
-                        metrics.restarted()
-                    continue
-                if process.is_alive():
-                    beat = beats[slot.index]
-                    if not slot.serving and beat >= slot.started_at:
-                        slot.serving = True
-                        metrics.serving(serving_count())
-                        if slot.replacing is not None and slot.died_at is not None:
-                            _say(
-                                f"worker {process.pid} (replacing {slot.replacing}) serving, "
-                                f"{now - slot.died_at:.1f} s after the exit; "
-                                f"{serving_count()} of {workers} workers serving; the others' "
-                                "keep-alive connections reconnect after their next response"
-                            )
-                            rebalance(slot)
-                    elif (
-                        slot.serving
-                        and policy.heartbeat_timeout > 0
-                        and not stopping
-                        and not slot.killed_for_heartbeat
-                        and now - max(beat, checked_since) > policy.heartbeat_timeout
-                        and process.pid is not None
-                    ):
-                        _say(
-                            f"worker {process.pid}: no heartbeat for {now - beat:.1f} s "
-                            f"(VAE_WORKER_HEARTBEAT_TIMEOUT={policy.heartbeat_timeout:g}): "
-                            "killing it"
-                        )
-                        slot.killed_for_heartbeat = True
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(process.pid, signal.SIGKILL)
-                    continue
-                process.join()
-                exited(slot, process, now)
-        if not status:
+            for slot in self.slots:
+                self._check(slot, now, checked_since)
+            self.reload(now)
+        if not self.status:
             # Asked to stop: a worker that drained exits 0; one stopped by the signal before
             # its server was running is clean too.
-            clean = {0, *(-s for s in stopping)}
-            status = next((c if c > 0 else 1 for c in stopped_codes if c not in clean), 0)
-    finally:
-        stop(signal.SIGTERM)
+            clean = {0, *(-s for s in self.stopping)}
+            codes = self.stopped_codes
+            self.status = next((c if c > 0 else 1 for c in codes if c not in clean), 0)
+        return self.status
+
+    def close(self) -> None:
+        """Stop what still runs: SIGTERM, then SIGKILL after 5 s."""
+        self.drain(signal.SIGTERM)
         deadline = time.monotonic() + 5
-        for slot in slots:
+        for slot in self.slots:
             process = slot.process
             if process is not None and process.pid is not None:
                 process.join(timeout=max(0.0, deadline - time.monotonic()))
                 if process.is_alive():
                     process.kill()
                     process.join(timeout=5)
-            if slot.report is not None:
-                slot.report.close()
+            for connection in (slot.report, slot.control):
+                if connection is not None:
+                    connection.close()
+
+
+def serve(
+    workers: int,
+    host: str,
+    port: int,
+    options: dict[str, Any],
+    policy: RestartPolicy | None = None,
+    served: dict[str, Any] | None = None,
+    load_timeout: float = 300.0,
+) -> int:
+    """Run `workers` uvicorn processes on host:port until SIGTERM / SIGINT; the exit status.
+    `served`: the served set every worker starts with (None: each worker's version policy)."""
+    try:
+        holder = _socket(host, port)  # reserves the port for our workers (same user)
+    except OSError as exc:
+        print(f"vae-serve: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    port = holder.getsockname()[1]
+    metrics_dir = tempfile.mkdtemp(prefix="vae-metrics-")
+    os.environ[METRICS_DIR_ENV] = metrics_dir  # read by prometheus_client as workers import it
+    state_dir = tempfile.mkdtemp(prefix="vae-served-")
+    state_file = Path(state_dir) / "served.json"
+    os.environ[STATE_ENV] = str(state_file)  # the served set a worker starts with
+    coordinator = Coordinator(state_file, load_timeout)
+    coordinator.start_state(served)
+    supervisor = Supervisor(
+        workers, host, port, options, policy or RestartPolicy(), metrics_dir, coordinator
+    )
+    previous = {s: signal.signal(s, supervisor.drain) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return supervisor.run()
+    finally:
+        supervisor.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
         holder.close()
         with contextlib.suppress(OSError):
             os.chmod(metrics_dir, 0o700)  # in case someone made it read-only
         shutil.rmtree(metrics_dir, ignore_errors=True)
-    return status
+        shutil.rmtree(state_dir, ignore_errors=True)

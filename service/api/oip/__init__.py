@@ -2,6 +2,7 @@
 
     codec.py    tensors on the wire: JSON, and the binary tensor data extension, both ways
     models.py   each served model as OIP models: NAME-encoder, NAME-decoder, NAME (pipeline)
+    sampler.py  NAME-sampler: GET /sample (seed, count, temperature, prior, label -> images, z)
     routes.py   the router: server and model metadata, health, inference
     schemas.py  the bodies /docs shows
 

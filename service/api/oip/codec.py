@@ -9,13 +9,14 @@ follow the JSON header in output order, each with `parameters.binary_data_size`.
 
     request = parse_request(body, headers.get(HEADER_LENGTH))   # OipError(400) when malformed
     z = decode_fp32(request.inputs[0], limit=1e4)               # (N, z_dim) float32
+    seed = decode_numeric(request.inputs[1], limit=2**63 - 1)   # any numeric type: INT64 here
     body, headers = encode_response("vae-decoder", "v1", request.id, [Output(...)])
 
-Element encodings: FP32 is little-endian IEEE 754 binary32, row-major; BYTES is each element
-as a 4-byte little-endian length then its bytes. JSON data may be flat or nested (row-major
-either way); JSON BYTES elements are strings, taken as UTF-8 unless the input's parameters say
-`"content_type": "base64"`. Everything a client can get wrong is an `OipError` with the status
-the protocol gives it (400, 404, 413, 503), never anything else.
+Element encodings: numbers are little-endian and row-major (FP32: IEEE 754 binary32); BYTES is
+each element as a 4-byte little-endian length then its bytes. JSON data may be flat or nested
+(row-major either way); JSON BYTES elements are strings, taken as UTF-8 unless the input's
+parameters say `"content_type": "base64"`. Everything a client can get wrong is an `OipError`
+with the status the protocol gives it (400, 404, 413, 503), never anything else.
 """
 
 from __future__ import annotations
@@ -275,52 +276,71 @@ def _flatten(data: Any, depth: int, where: str) -> list[Any]:
     return flat
 
 
-def decode_fp32(tensor: RequestInput, limit: float) -> np.ndarray:
-    """An FP32 input as a C-contiguous float32 array of its declared shape. Refuses (400) an
-    element count that does not match the shape, anything but numbers, NaN, infinity and
-    values beyond +-`limit`."""
+def decode_numeric(tensor: RequestInput, limit: float) -> np.ndarray:
+    """A numeric input (FP32, INT64, ...: any of DATATYPES but BOOL, BF16 and BYTES) as a
+    C-contiguous array of its datatype and declared shape: the one decoder of every numeric
+    input. Refuses (400) an element count that does not match the shape, anything but numbers
+    (integer datatypes: integers), NaN, infinity and values beyond +-`limit`."""
     where = f"input {tensor.name!r}"
+    dtype = DATATYPES.get(tensor.datatype)
+    if dtype is None or dtype.kind not in "iuf":
+        raise bad_request(f"{where}: {tensor.datatype} is not a numeric datatype")
     count = tensor.count
     if tensor.raw is not None:
-        if len(tensor.raw) != count * FP32.itemsize:
+        if len(tensor.raw) != count * dtype.itemsize:
             raise bad_request(
                 f"{where}: {tensor.raw_label} is {len(tensor.raw)} bytes, shape "
-                f"{list(tensor.shape)} of FP32 needs {count * FP32.itemsize}"
+                f"{list(tensor.shape)} of {tensor.datatype} needs {count * dtype.itemsize}"
             )
-        array = np.frombuffer(tensor.raw, dtype=FP32).reshape(tensor.shape)
-    else:
-        values = _json_numbers(tensor, where)
-        if values.size != count:
-            raise bad_request(
-                f"{where}: {tensor.data_label} has {values.size} elements, shape "
-                f"{list(tensor.shape)} needs {count}"
-            )
-        _check_values(values, limit, where)
-        return np.ascontiguousarray(values, dtype=FP32).reshape(tensor.shape)
-    _check_values(array, limit, where)
-    return array
+        array = np.frombuffer(tensor.raw, dtype=dtype).reshape(tensor.shape)
+        _check_values(array, limit, where)
+        return array
+    values = _json_numbers(tensor, where, integers=dtype.kind in "iu")
+    if values.size != count:
+        raise bad_request(
+            f"{where}: {tensor.data_label} has {values.size} elements, shape "
+            f"{list(tensor.shape)} needs {count}"
+        )
+    _check_values(values, limit, where)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if values.size and (values.min().item() < info.min or values.max().item() > info.max):
+            raise bad_request(f"{where}: a value is out of {tensor.datatype}'s range")
+    return np.ascontiguousarray(values, dtype=dtype).reshape(tensor.shape)
 
 
-def _json_numbers(tensor: RequestInput, where: str) -> np.ndarray:
-    """JSON data (flat or nested, row-major) as a flat-or-nested numeric array: numbers only
-    (no strings, booleans or nulls)."""
+def decode_fp32(tensor: RequestInput, limit: float) -> np.ndarray:
+    """An FP32 input as a C-contiguous float32 array of its declared shape (decode_numeric)."""
+    return decode_numeric(tensor, limit)
+
+
+def _json_numbers(tensor: RequestInput, where: str, integers: bool = False) -> np.ndarray:
+    """JSON data (flat or nested, row-major) as a numeric array: numbers only (no strings,
+    booleans or nulls; with `integers`, integers only), float64, or int64 / uint64."""
     data = tensor.data
+    kind = "integers" if integers else "numbers"
     if not isinstance(data, list):
-        raise bad_request(f"{where}: {tensor.data_label} must be a list of numbers")
+        raise bad_request(f"{where}: {tensor.data_label} must be a list of {kind}")
     try:
         values = np.asarray(data)
     except (ValueError, TypeError, OverflowError):
         values = None  # ragged nesting: flattened below
-    if values is not None and values.dtype.kind in "iuf":
-        return values.astype(np.float64, copy=False)
+    if values is not None and values.dtype.kind in ("iu" if integers else "iuf"):
+        return values if integers else values.astype(np.float64, copy=False)
     flat = _flatten(data, len(tensor.shape), where)
+    allowed: type | tuple[type, ...] = int if integers else (int, float)
     for value in flat:
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise bad_request(f"{where}: FP32 {tensor.data_label} must hold numbers only")
+        if not isinstance(value, allowed) or isinstance(value, bool):
+            raise bad_request(
+                f"{where}: {tensor.datatype} {tensor.data_label} must hold {kind} only"
+            )
     try:
-        return np.asarray(flat, dtype=np.float64)
+        array = np.asarray(flat) if integers else np.asarray(flat, dtype=np.float64)
     except OverflowError:
-        raise bad_request(f"{where}: a number in {tensor.data_label} is out of range") from None
+        array = None
+    if array is None or (flat and array.dtype.kind not in "iuf"):
+        raise bad_request(f"{where}: a number in {tensor.data_label} is out of range")
+    return array
 
 
 def _check_values(array: np.ndarray, limit: float, where: str) -> None:
@@ -328,7 +348,8 @@ def _check_values(array: np.ndarray, limit: float, where: str) -> None:
         return
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise bad_request(f"{where}: NaN and infinity are not accepted")
-    if float(np.abs(array).max()) > limit:
+    # Python numbers compare exactly (an int64 beside a float limit loses nothing).
+    if array.max().item() > limit or array.min().item() < -limit:
         raise bad_request(f"{where}: values must lie within +-{limit:g}")
 
 

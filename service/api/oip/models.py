@@ -1,4 +1,4 @@
-"""The Open Inference Protocol's view of a model registry: each served model as three OIP models.
+"""The Open Inference Protocol's view of a model registry: each served model as four OIP models.
 
     {name}-encoder   input  <encoder.input>  FP32 [-1, C, H, W], the model's own pixel convention
                      output <encoder.outputs> FP32 [-1, z_dim] each (mu, log_var; or z)
@@ -6,12 +6,16 @@
                      output <decoder.output> FP32 [-1, C, H, W]
     {name}           input  file             BYTES [-1]: encoded image files (PNG, JPEG, ...)
                      output <encoder.outputs> FP32 [-1, z_dim] each, after /encode's preparation
+    {name}-sampler   inputs count INT64 [1]; optional seed INT64 [1], temperature FP32 [1],
+                            prior BYTES [1], label INT64 [1]   (GET /sample: oip/sampler.py)
+                     output <decoder.output> FP32 [-1, C, H, W], z FP32 [-1, z_dim]
 
 The first two are the exported graphs as they are (platform "onnxruntime_onnx", what a Triton
 repository written by `vae-triton` serves); the third is the pipeline a Triton ensemble would
-be: decode and prepare the upload (service.api.uploads.prepare), then the encoder. Every name
+be: decode and prepare the upload (service.api.uploads.prepare), then the encoder. The sampler
+is GET /sample's: z from N(0, T^2 I) or the fitted prior, decoded. Every name
 and shape comes from the model's metadata.json (service.inference.format); the version is the
-metadata's `version`.
+model's (its version folder's number, or a flat folder's metadata `version`).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from service.process.settings import Settings
 
 logger = logging.getLogger("service")
 
-Graph = Literal["encoder", "decoder", "pipeline"]
+Graph = Literal["encoder", "decoder", "pipeline", "sampler"]
 ONNX_PLATFORM = "onnxruntime_onnx"
 PIPELINE_PLATFORM = "ensemble"
 PIPELINE_INPUT = "file"
@@ -62,6 +66,7 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int, ...]
+    optional: bool = False  # may be left out of a request (the sampler's settings)
 
     def metadata(self) -> dict[str, Any]:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
@@ -76,6 +81,7 @@ class Call:
     inputs: dict[str, Any]  # name -> float32 array, or list of bytes (BYTES)
     outputs: list[tuple[TensorSpec, RequestOutput | None]]
     size: WorkSize
+    parameters: dict[str, Any] | None = None  # the response's `parameters`
 
 
 @dataclass(frozen=True)
@@ -104,9 +110,9 @@ class OipModel:
 
     # --- a request against this signature ---------------------------------------------------
 
-    def check(self, request: InferRequest, settings: Settings) -> Call:
-        """Names, datatypes and shapes against the signature, then the data decoded; an
-        OipError(400) for the first mismatch. Cheap before the data is touched."""
+    def given(self, request: InferRequest) -> dict[str, RequestInput]:
+        """The request's inputs by name: each one of the signature's, once, none required
+        missing; else an OipError(400)."""
         specs = {t.name: t for t in self.inputs}
         given: dict[str, RequestInput] = {}
         for tensor in request.inputs:
@@ -117,9 +123,16 @@ class OipModel:
             if tensor.name in given:
                 raise bad_request(f"input {tensor.name!r} is given twice")
             given[tensor.name] = tensor
-        missing = sorted(set(specs) - set(given))
+        missing = sorted(name for name, t in specs.items() if not t.optional and name not in given)
         if missing:
             raise bad_request(f"model {self.name!r} needs input(s) {missing}")
+        return given
+
+    def check(self, request: InferRequest, settings: Settings) -> Call:
+        """Names, datatypes and shapes against the signature, then the data decoded; an
+        OipError(400) for the first mismatch. Cheap before the data is touched."""
+        specs = {t.name: t for t in self.inputs}
+        given = self.given(request)
         batch = None
         limit = max_images(self.model, settings.max_batch)
         for name, tensor in given.items():
@@ -252,13 +265,14 @@ def outputs_of(call: Call, settings: Settings) -> list[Output]:
 def execute(call: Call, settings: Settings) -> tuple[bytes, dict[str, str]]:
     """Run a checked call and encode its response (body, headers): the work the scheduler runs."""
     view, request = call.view, call.request
-    return encode_response(view.name, view.version, request.id, outputs_of(call, settings))
+    outputs = outputs_of(call, settings)
+    return encode_response(view.name, view.version, request.id, outputs, call.parameters)
 
 
 def views_of(model: Model) -> Iterator[OipModel]:
-    """The three OIP models of one served model, from its metadata."""
+    """The four OIP models of one served model, from its metadata."""
     meta = model.metadata
-    version = meta.version or DEFAULT_VERSION
+    version = model.version or DEFAULT_VERSION
     image = (-1, *meta.input.shape)
     codes = tuple(TensorSpec(name, "FP32", (-1, meta.z_dim)) for name in meta.encoder.outputs)
     yield OipModel(
@@ -280,6 +294,10 @@ def views_of(model: Model) -> Iterator[OipModel]:
     yield OipModel(
         model.name, version, "pipeline", model, (TensorSpec(PIPELINE_INPUT, "BYTES", (-1,)),), codes
     )
+    # Imported here: sampler.py builds on this module's classes.
+    from service.api.oip.sampler import sampler_of
+
+    yield sampler_of(model)
 
 
 def oip_models(registry: ModelRegistry) -> dict[str, OipModel]:
@@ -301,32 +319,55 @@ def oip_models(registry: ModelRegistry) -> dict[str, OipModel]:
     return views
 
 
+def view_for(
+    registry: ModelRegistry, views: dict[str, OipModel], name: str, version: str | None
+) -> OipModel:
+    """The OIP model `name` at `version` (None: the served one) among `views` (oip_models of
+    `registry`); OipError(404) naming what is loaded when there is no such model or version.
+    The REST routes and any other face of the protocol look models up through this."""
+    view = views.get(name)
+    if view is None:
+        raise OipError(404, f"unknown model {name!r}; known models: {sorted(views)}")
+    if version is None or version == view.version:
+        return view
+    try:
+        model = registry.get(view.model.name, version)
+    except KeyError:
+        loaded = registry.versions(view.model.name) if view.model.name in registry else []
+        raise OipError(
+            404, f"unknown version {version!r} of model {name!r}; its loaded versions: {loaded}"
+        ) from None
+    return next(v for v in views_of(model) if v.graph == view.graph)
+
+
 NOT_READY = "not ready: models are loading"
 
 
 def served_models(state: Any) -> dict[str, OipModel]:
-    """The OIP models of an app's registry (`app.state`: built once per registry), for the REST
-    routes and the gRPC service alike; OipError(503) before start-up has finished."""
+    """The OIP models of an app's registry (`app.state`: built once per registry generation, a
+    load or unload changes it), for the REST routes and the gRPC service alike; OipError(503)
+    before start-up has finished."""
     registry = getattr(state, "registry", None)
     if registry is None or not getattr(state, "ready", False):
         raise OipError(503, NOT_READY)
     cached = getattr(state, "oip_models", None)
-    if cached is None or cached[0] is not registry:
-        cached = (registry, oip_models(registry))
+    key = (registry, registry.generation)
+    if cached is None or cached[0] != key:
+        cached = (key, oip_models(registry))
         state.oip_models = cached
     views: dict[str, OipModel] = cached[1]
     return views
 
 
 def find_model(state: Any, name: str, version: str | None) -> OipModel:
-    """One OIP model by name (and version, None: the one served); OipError(404) naming the
-    known ones otherwise."""
+    """One OIP model of an app by name and version (None: the served one): `view_for` on
+    `served_models`; OipError 404 or 503."""
     views = served_models(state)
-    view = views.get(name)
-    if view is None:
-        raise OipError(404, f"unknown model {name!r}; known models: {sorted(views)}")
-    if version is not None and version != view.version:
-        raise OipError(
-            404, f"unknown version {version!r} of model {name!r}; its versions: [{view.version!r}]"
-        )
-    return view
+    return view_for(state.registry, views, name, version)
+
+
+def metadata_of(state: Any, view: OipModel) -> dict[str, Any]:
+    """A model's metadata as both faces answer it: `versions` lists the loaded versions."""
+    metadata = view.metadata()
+    metadata["versions"] = state.registry.versions(view.model.name)
+    return metadata

@@ -27,6 +27,7 @@ from service.api.oip.models import (
     OipModel,
     execute,
     find_model,
+    metadata_of,
     served_models,
 )
 from service.api.oip.schemas import (
@@ -113,7 +114,9 @@ def _views(request: Request) -> dict[str, OipModel]:
 
 
 def _view(request: Request, name: str, version: str | None) -> OipModel:
-    return find_model(request.app.state, name, version)
+    view = find_model(request.app.state, name, version)
+    request.scope.setdefault("state", {})["model_version"] = view.version  # X-Model-Version
+    return view
 
 
 def _check(view: OipModel, body: bytes, header: str | None, settings: Settings) -> Call:
@@ -122,9 +125,10 @@ def _check(view: OipModel, body: bytes, header: str | None, settings: Settings) 
 
 async def _metadata(request: Request, name: str, version: str | None) -> Any:
     try:
-        return ModelMetadataResponse.model_validate(_view(request, name, version).metadata())
+        view = _view(request, name, version)
     except OipError as exc:
         return error_response(exc.status, exc.message)
+    return ModelMetadataResponse.model_validate(metadata_of(request.app.state, view))
 
 
 async def _ready(request: Request, name: str, version: str | None) -> Any:
@@ -185,9 +189,10 @@ def router(settings: Settings) -> APIRouter:
     metadata_doc: dict[str, Any] = {
         "response_model": ModelMetadataResponse,
         "summary": "Model metadata",
-        "description": "Each served model NAME is three models here: NAME-encoder and "
-        "NAME-decoder (its ONNX graphs) and NAME (image files in, the encoding out, as "
-        "/encode). Shapes have -1 for the batch axis.",
+        "description": "Each served model NAME is four models here: NAME-encoder and "
+        "NAME-decoder (its ONNX graphs), NAME (image files in, the encoding out, as "
+        "/encode) and NAME-sampler (GET /sample: count, and optional seed, temperature, prior "
+        "and label in, the images and z out). Shapes have -1 for the batch axis.",
         "responses": _errors(404, 503),
     }
 
@@ -218,7 +223,10 @@ def router(settings: Settings) -> APIRouter:
         "description": f"Tensors as JSON or binary data (binary_tensor_data). At most "
         f"{max_batch} items on the batch axis (fewer for models of more than 16x28x28 pixel "
         "values per image). Pipelines (NAME) take BYTES image files and "
-        "prepare them as /encode does (parameters.preprocess: auto, digit, fit or none).",
+        "prepare them as /encode does (parameters.preprocess: auto, digit, fit or none). "
+        "Samplers (NAME-sampler) take one-element settings: count (INT64), and optionally "
+        "seed (INT64), temperature (FP32, 0..10), prior (BYTES: normal or fitted) and label "
+        "(INT64: a label with a per-label fit); the response's parameters name the prior.",
         "response_class": JSONResponse,
         "response_model": None,
         "responses": INFER_RESPONSES,
