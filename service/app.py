@@ -155,6 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.api_keys = api_keys
+    app.state.admin_keys, app.state.guesses = admin_keys, guesses  # gRPC checks them too
     app.state.registry = None
     app.state.ready = False
     # Starlette types handlers as taking any Exception; each of these takes its own subclass.

@@ -147,6 +147,9 @@ def test_descriptor_set_is_compiled_from_the_proto(tmp_path) -> None:
         "ServerMetadata",
         "ModelMetadata",
         "ModelInfer",
+        "RepositoryIndex",
+        "RepositoryModelLoad",
+        "RepositoryModelUnload",
     }
 
 
@@ -453,7 +456,8 @@ def test_request_id_access_log_and_metrics(channel, server) -> None:
 
 
 def test_api_keys_as_call_metadata(model_dir, tmp_path) -> None:
-    with grpc_server(model_dir, tmp_path / "server.log", VAE_API_KEYS="s3cret") as running:
+    log = tmp_path / "server.log"
+    with grpc_server(model_dir, log, VAE_API_KEYS="s3cret", VAE_AUTH_MAX_FAILURES="3") as running:
         with grpc.insecure_channel(running.address) as chan:
             z = inputs()["z"]
             for metadata in (None, [("authorization", "Bearer nope")], [("x-api-key", "")]):
@@ -469,6 +473,14 @@ def test_api_keys_as_call_metadata(model_dir, tmp_path) -> None:
             assert health.status == health_pb2.HealthCheckResponse.SERVING
             error = error_of(chan, "ModelMetadata", m.ModelMetadataRequest(name="vae"))
             assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+            # wrong keys lock the address out, as over HTTP (VAE_AUTH_MAX_FAILURES): then even
+            # the right key waits
+            for _ in range(2):
+                error_of(chan, "ModelInfer", decoder_request(z), [("x-api-key", "wrong")])
+            right = [("x-api-key", "s3cret")]
+            error = error_of(chan, "ModelInfer", decoder_request(z), right)
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "too many wrong keys" in error.details()
         assert "s3cret" not in running.log.read_text()
 
 
@@ -565,3 +577,69 @@ def test_sigterm_drains_grpc_health_first(model_dir, tmp_path) -> None:
         assert list(watch) == []  # then the stream ends, cleanly
         assert running.process.wait(timeout=30) == 0, running.log.read_text()
         assert time.monotonic() - started < 10
+
+
+# --- the model repository extension (admin keys) ------------------------------------------
+
+ADMIN = "adm1n-k3y-grpc"
+MODEL_KEY = "m0del-k3y-grpc"
+
+
+def test_repository_rpcs_with_admin_keys(tmp_path) -> None:
+    """Index, load and unload over gRPC: admin keys only, as /v2/repository; a version loaded
+    here is what ModelInfer's model_version reaches."""
+    from harness.models import export_tiny_model
+
+    root = tmp_path / "models"
+    (root / "vae").mkdir(parents=True)
+    for version in (1, 2):  # exported as "vae" elsewhere, then moved in (tests/test_lifecycle.py)
+        export_tiny_model(tmp_path / str(version) / "vae", "vae")
+        (tmp_path / str(version) / "vae").rename(root / "vae" / str(version))
+    export_tiny_model(root / "ae", "ae")
+    admin = [("authorization", f"Bearer {ADMIN}")]
+    user = [("authorization", f"Bearer {MODEL_KEY}")]
+    with (
+        grpc_server(
+            root, tmp_path / "server.log", VAE_ADMIN_KEYS=ADMIN, VAE_API_KEYS=MODEL_KEY
+        ) as running,
+        grpc.insecure_channel(running.address) as chan,
+    ):
+        index = m.METHODS["RepositoryIndex"][0]()
+        assert error_of(chan, "RepositoryIndex", index).code() == grpc.StatusCode.UNAUTHENTICATED
+        error = error_of(chan, "RepositoryIndex", index, user)
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED and "admin key" in error.details()
+        rows = {
+            (r.name, r.version): r.state for r in call(chan, "RepositoryIndex", index, admin).models
+        }
+        assert rows[("vae", "2")] == "READY" and rows[("vae", "1")] == "UNAVAILABLE"
+
+        load = m.METHODS["RepositoryModelLoad"][0](model_name="vae")
+        load.parameters["version"].string_param = "1"
+        call(chan, "RepositoryModelLoad", load, admin)
+        meta = call(chan, "ModelMetadata", m.ModelMetadataRequest(name="vae-decoder"), user)
+        assert "1" in list(meta.versions)
+        z = inputs()["z"]
+        reply = call(chan, "ModelInfer", decoder_request(z, model_version="1"), user)
+        assert reply.model_version == "1"
+        error = error_of(chan, "ModelInfer", decoder_request(z, model_version="7"), user)
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+        bad = m.METHODS["RepositoryModelLoad"][0](model_name="vae")
+        bad.parameters["version"].string_param = "7"
+        error = error_of(chan, "RepositoryModelLoad", bad, admin)
+        assert (
+            error.code() == grpc.StatusCode.INVALID_ARGUMENT and "failed to load" in error.details()
+        )
+
+        unload = m.METHODS["RepositoryModelUnload"][0](model_name="ae")
+        call(chan, "RepositoryModelUnload", unload, admin)
+        assert not call(chan, "ModelReady", m.ModelReadyRequest(name="ae-decoder"), user).ready
+        call(
+            chan, "RepositoryModelLoad", m.METHODS["RepositoryModelLoad"][0](model_name="ae"), admin
+        )
+        assert call(chan, "ModelReady", m.ModelReadyRequest(name="ae-decoder"), user).ready
+
+
+def test_repository_rpcs_are_off_without_admin_keys(channel) -> None:
+    index = m.METHODS["RepositoryIndex"][0]()
+    error = error_of(channel, "RepositoryIndex", index)
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED and "VAE_ADMIN_KEYS" in error.details()

@@ -41,9 +41,20 @@ def test_kserve_grpc_client_raw_and_typed(model_dir, tmp_path) -> None:
             got = tensors[form].reshape(expected.shape)
             np.testing.assert_allclose(got, expected, atol=1e-6)
     # KServe's copy of the protocol's .proto (grpc_predict_v2) is older than the protocol's
-    # own: it lacks `properties` and two parameter types, and has nothing ours does not
+    # own: it lacks `properties` and two parameter types, and has nothing ours does not. Its
+    # repository messages are KServe's own (ours are Triton's, as tritonclient sends them).
     differences = result["proto_differences"]
-    assert all(not d["only_theirs"] for d in differences["differ"].values())
-    added = {f[0] for d in differences["differ"].values() for f in d["only_ours"]}
+    differ = {
+        name: d
+        for name, d in differences["differ"].items()
+        if not name.startswith("inference.Repository")
+    }
+    assert all(not d["only_theirs"] for d in differ.values()), differ
+    added = {f[0] for d in differ.values() for f in d["only_ours"]}
     assert added <= {"properties", "double_param", "uint64_param"}
-    assert differences["missing"] in ([], ["inference.ModelMetadataResponse.PropertiesEntry"])
+    # ... nor the repository extension's messages (Triton's, which ours has too)
+    assert all(
+        name.startswith(("inference.Repository", "inference.ModelRepositoryParameter"))
+        or name == "inference.ModelMetadataResponse.PropertiesEntry"
+        for name in differences["missing"]
+    ), differences["missing"]

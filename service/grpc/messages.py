@@ -54,6 +54,9 @@ ModelInferRequest = message("ModelInferRequest")
 ModelInferResponse = message("ModelInferResponse")
 InferParameter = message("InferParameter")
 InferTensorContents = message("InferTensorContents")
+RepositoryIndexResponse = message("RepositoryIndexResponse")
+RepositoryModelLoadResponse = message("RepositoryModelLoadResponse")
+RepositoryModelUnloadResponse = message("RepositoryModelUnloadResponse")
 
 # Each RPC the service declares: (request class, response class), checked against the
 # descriptor's service so that the two never disagree.

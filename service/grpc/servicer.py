@@ -34,15 +34,28 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
 from service import __version__
-from service.api.auth import ApiKeys, check_key, offered_keys
+from service.api.auth import (
+    ADMIN_MISSING,
+    ADMIN_OFF,
+    ADMIN_WRONG,
+    LOCKED_OUT,
+    NOT_ADMIN,
+    WRONG,
+    ApiKeys,
+    Guesses,
+    check_key,
+    offered_keys,
+)
 from service.api.metrics import Metrics
 from service.api.middleware import request_id_of
 from service.api.oip.codec import OipError
 from service.api.oip.models import find_model, metadata_of, outputs_of, served_models
+from service.api.oip.repository import index, requested_versions
 from service.api.oip.routes import INLINE_PARSE_BYTES, SERVER_NAME
 from service.api.scheduling import WorkSize
 from service.grpc import messages
-from service.grpc.tensors import infer_request, infer_response, input_bytes
+from service.grpc.tensors import infer_request, infer_response, input_bytes, parameters
+from service.inference.format import ModelLoadError
 from service.process.settings import Settings
 
 access_logger = logging.getLogger("service.access")
@@ -52,15 +65,18 @@ PROTOCOL = "grpc"
 METHOD = "POST"  # every gRPC call is an HTTP/2 POST: the `method` label of the HTTP metrics
 HEALTH_SERVICE = "grpc.health.v1.Health"
 PROBES = frozenset({"ServerLive", "ServerReady", "Check", "Watch"})
+ADMIN_RPCS = frozenset({"RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"})
 REQUEST_ID_KEY = "x-request-id"
 WATCH_LINGER_S = 0.1  # at the drain, between NOT_SERVING and the end of the Watch streams
 # The REST face's statuses as gRPC codes (Triton's mapping of the same errors), and back.
 CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
     404: grpc.StatusCode.NOT_FOUND,
     408: grpc.StatusCode.DEADLINE_EXCEEDED,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     499: grpc.StatusCode.CANCELLED,
     500: grpc.StatusCode.INTERNAL,
     503: grpc.StatusCode.UNAVAILABLE,
@@ -76,6 +92,12 @@ def _peer(context: Any) -> str | None:
         return None
     _, _, address = peer.partition(":")
     return urllib.parse.unquote(address) or peer
+
+
+def _address(context: Any) -> str:
+    """The client's address without its port (the lockout's key, as HTTP's)."""
+    peer = _peer(context) or "unknown"
+    return peer.rsplit(":", 1)[0] if peer.count(":") else peer
 
 
 def _metadata(context: Any) -> list[tuple[bytes, bytes]]:
@@ -94,14 +116,45 @@ class Calls:
         self.settings = settings
         self.metrics: Metrics = state.metrics
         self.api_keys = api_keys
+        self.admin_keys: ApiKeys | None = getattr(state, "admin_keys", None)
+        # Wrong keys by address, shared with HTTP's middleware: one lockout for both faces.
+        self.guesses: Guesses = getattr(state, "guesses", None) or Guesses(0)
         self.in_flight = 0
 
-    def authorize(self, name: str, metadata: list[tuple[bytes, bytes]]) -> None:
+    def authorize(self, name: str, metadata: list[tuple[bytes, bytes]], client: str) -> None:
+        """As service/api/auth.py for HTTP: API keys on the model RPCs (probes open unless
+        VAE_AUTH_PROBES), admin keys on the repository RPCs, the wrong-key lockout."""
+        if name in ADMIN_RPCS:
+            self._authorize_admin(metadata, client)
+            return
         if self.api_keys is None or (name in PROBES and not self.settings.auth_probes):
             return
+        if self.guesses.locked(client):
+            raise OipError(429, LOCKED_OUT)
         allowed, why = check_key(self.api_keys, offered_keys(metadata))
         if not allowed:
+            if why == WRONG:
+                self.guesses.failed(client)
             raise OipError(401, why)
+
+    def _authorize_admin(self, metadata: list[tuple[bytes, bytes]], client: str) -> None:
+        if self.admin_keys is None:
+            raise OipError(403, ADMIN_OFF)
+        if self.guesses.locked(client):
+            raise OipError(429, LOCKED_OUT)
+        offered = offered_keys(metadata)
+        admin = model_key = False
+        for candidate in offered:
+            admin |= self.admin_keys.matches(candidate)
+            if self.api_keys is not None:
+                model_key |= self.api_keys.matches(candidate)
+        if admin:
+            return
+        if model_key:
+            raise OipError(403, NOT_ADMIN)
+        if offered:
+            self.guesses.failed(client)
+        raise OipError(401, ADMIN_WRONG if offered else ADMIN_MISSING)
 
     async def run(
         self,
@@ -120,7 +173,7 @@ class Calls:
         status, message, response = 200, "", None
         counted = False
         try:
-            self.authorize(name, metadata)
+            self.authorize(name, metadata, _address(context))
             if name not in PROBES:
                 if self.in_flight >= self.settings.max_concurrency:
                     raise OipError(
@@ -175,7 +228,7 @@ class Calls:
 
 
 class InferenceService:
-    """The six RPCs this service answers; `handler()` registers them (others: UNIMPLEMENTED)."""
+    """The RPCs this service answers; `handler()` registers them (others: UNIMPLEMENTED)."""
 
     def __init__(self, calls: Calls) -> None:
         self.calls = calls
@@ -224,6 +277,38 @@ class InferenceService:
 
         return await scheduler.run(call.size, respond)
 
+    # --- the model repository extension (admin keys; the work is service/process/lifecycle.py's)
+
+    async def repository_index(self, request: Any) -> Any:
+        response = messages.RepositoryIndexResponse()
+        for row in index(self.state.registry, request.ready):
+            response.models.add(
+                name=row.name, version=row.version, state=row.state, reason=row.reason
+            )
+        return response
+
+    async def repository_model_load(self, request: Any) -> Any:
+        name, registry = request.model_name, self.state.registry
+        try:
+            versions = requested_versions(
+                parameters(request.parameters), list(registry.find(name).versions)
+            )
+        except (ValueError, ModelLoadError) as exc:
+            raise OipError(400, f"failed to load {name!r}: {exc}") from None
+        outcome = await self.state.lifecycle.load(name, versions)
+        if not outcome.ok:
+            raise OipError(400, f"failed to load {name!r}: {outcome.error}")
+        return messages.RepositoryModelLoadResponse()
+
+    async def repository_model_unload(self, request: Any) -> Any:
+        name = request.model_name
+        if name not in self.state.registry:
+            raise OipError(400, f"failed to unload {name!r}: it is not loaded")
+        outcome = await self.state.lifecycle.unload(name)
+        if not outcome.ok:
+            raise OipError(400, f"failed to unload {name!r}: {outcome.error}")
+        return messages.RepositoryModelUnloadResponse()
+
     def handler(self) -> grpc.GenericRpcHandler:
         rpcs = {
             "ServerLive": self.server_live,
@@ -232,6 +317,9 @@ class InferenceService:
             "ServerMetadata": self.server_metadata,
             "ModelMetadata": self.model_metadata,
             "ModelInfer": self.model_infer,
+            "RepositoryIndex": self.repository_index,
+            "RepositoryModelLoad": self.repository_model_load,
+            "RepositoryModelUnload": self.repository_model_unload,
         }
         assert set(rpcs) == set(messages.METHODS), "the .proto and the handlers disagree"
         handlers = {}
@@ -293,7 +381,7 @@ class ReadinessHealth(health_aio.HealthServicer):  # type: ignore[misc]
 
     async def Watch(self, request: Any, context: Any) -> None:
         try:
-            self.calls.authorize("Watch", _metadata(context))
+            self.calls.authorize("Watch", _metadata(context), _address(context))
         except OipError as exc:
             await context.abort(CODES[exc.status], exc.message)
         # The stream ends (OK) when the server drains, not when the grace period runs out.
