@@ -39,8 +39,9 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from service.api.deps import SLOT_VALUES
 from service.grpc import messages
+from service.grpc.calls import HEALTH_SERVICE, Calls
 from service.grpc.ports import RESERVED_ENV, address
-from service.grpc.servicer import HEALTH_SERVICE, Calls, InferenceService, ReadinessHealth
+from service.grpc.servicer import InferenceService, ReadinessHealth
 from service.process.settings import Settings
 
 logger = logging.getLogger("service")
