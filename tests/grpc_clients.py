@@ -155,6 +155,10 @@ def triton(url: str, out: Path) -> None:
             client.infer(model, tensors_in)
         except InferenceServerException as exc:
             errors[name] = [exc.status(), exc.message()]
+    try:  # the repository extension answers, refusing: this server has no admin keys
+        client.get_model_repository_index()
+    except InferenceServerException as exc:
+        errors["repository"] = [exc.status(), exc.message()]
     result["errors"] = errors
     result["proto_differences"] = ours_against(service_pb2.DESCRIPTOR)
     client.close()

@@ -234,6 +234,8 @@ def test_tritonclient_errors_and_the_wire_format(triton_run) -> None:
     assert status == "StatusCode.INVALID_ARGUMENT" and "shape" in message
     status, message = result["errors"]["model"]
     assert status == "StatusCode.NOT_FOUND" and "unknown model 'nope'" in message
+    status, message = result["errors"]["repository"]
+    assert status == "StatusCode.PERMISSION_DENIED" and "VAE_ADMIN_KEYS" in message
     # every message and field of ours has the name, number and type of Triton's, but the
     # protocol's own addition to ModelMetadataResponse, `properties` (6: a map, so an entry
     # message too), which Triton's lacks
