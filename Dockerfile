@@ -1,7 +1,7 @@
 # The VAE inference service: onnxruntime behind FastAPI/uvicorn, serving models/.
 #
 #   docker build -t vae-service .
-#   docker run -p 8000:8000 vae-service
+#   docker run -p 8000:8000 -p 8001:8001 vae-service
 #
 # Stages: `build` installs the serving dependencies into /opt/venv, exactly as pinned in
 # requirements/serve.lock, and the runtime stage is python:3.11-slim plus that venv, service/,
@@ -33,18 +33,20 @@ RUN /opt/venv/bin/python -m pip install --no-compile --require-hashes --no-deps 
            "$site"/onnxruntime/tools \
  && find "$site"/numpy -depth -type d -name tests -exec rm -rf {} + \
  && find /opt/venv -depth -name __pycache__ -type d -exec rm -rf {} + \
- && /opt/venv/bin/python -c "import fastapi, httptools, numpy, onnxruntime, PIL, prometheus_client, uvicorn, uvloop"
+ && /opt/venv/bin/python -c "import fastapi, grpc, grpc_health.v1.health, grpc_reflection.v1alpha.reflection, httptools, numpy, onnxruntime, PIL, prometheus_client, uvicorn, uvloop"
 
 
 FROM ${PYTHON_IMAGE}
 ARG APP_UID=10001
-# PORT: where uvicorn listens. VAE_WORKERS / VAE_INTRA_OP_THREADS: left unset here on purpose,
+# PORT: where uvicorn listens; VAE_GRPC_PORT: the Open Inference Protocol over gRPC (Triton's
+# 8001; 0 turns it off). VAE_WORKERS / VAE_INTRA_OP_THREADS: left unset here on purpose,
 # so the service sizes them to the CPUs this container may use (its CPU affinity and cgroup
 # quota, service/process/cpus.py); set them to override. VAE_*: the service's own settings.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PORT=8000 \
+    VAE_GRPC_PORT=8001 \
     VAE_MODEL_DIR=/app/models
 RUN groupadd --system --gid ${APP_UID} app \
  && useradd --system --uid ${APP_UID} --gid app --home-dir /app --no-create-home \
@@ -56,7 +58,7 @@ COPY models/ /app/models/
 WORKDIR /app
 # Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER ${APP_UID}:${APP_UID}
-EXPOSE 8000
+EXPOSE 8000 8001
 # SIGTERM: uvicorn stops accepting, finishes in-flight requests, then exits 0.
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \

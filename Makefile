@@ -35,7 +35,7 @@ endif
 # dataset-fashion-mnist package puts them in this folder; needed only to train).
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: help serve test lint format lock train train-fashion export evaluate bench soak chaos audit container-test clean
+.PHONY: help serve test lint format lock grpc-proto train train-fashion export evaluate bench soak chaos audit container-test clean
 
 help:
 	@echo "make serve   - set up and serve models/ on http://$(HOST):$(PORT)"
@@ -50,6 +50,7 @@ help:
 	@echo "make lint    - ruff check, ruff format --check and mypy"
 	@echo "make format  - ruff format (rewrites the files)"
 	@echo "make lock    - re-resolve requirements/serve.lock, the image's pinned dependencies"
+	@echo "make grpc-proto - recompile service/grpc/proto/inference.binpb from inference.proto"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -67,8 +68,10 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -r requirements/kserve-client.txt
 	@touch $@ $(VENV)/.serve-installed
 
+# The Open Inference Protocol over gRPC beside HTTP, on Triton's port (GRPC_PORT=0: off).
+GRPC_PORT ?= 8001
 serve: $(VENV)/.serve-installed
-	$(BIN)/python -m service --host $(HOST) --port $(PORT)
+	$(BIN)/python -m service --host $(HOST) --port $(PORT) --grpc-port $(GRPC_PORT)
 
 # mypy's settings and the packages it checks are in pyproject.toml ([tool.mypy]).
 lint: $(VENV)/.dev-installed
@@ -100,6 +103,14 @@ lock: $(VENV)/.dev-installed
 		echo "x86_64 and aarch64 resolve differently: see above" >&2; exit 1; }
 	@mv $(LOCK).tmp $(LOCK) && rm -f $(LOCK).aarch64.tmp
 	@echo "$(LOCK): $$(grep -c '^[a-z]' $(LOCK)) packages pinned"
+
+# service/grpc/proto/inference.binpb, the descriptor set the service reads its gRPC messages
+# from (service/grpc/messages.py), compiled from inference.proto; commit both.
+# tests/test_grpc.py checks that they agree.
+GRPC_PROTO := service/grpc/proto
+grpc-proto: $(VENV)/.dev-installed
+	$(BIN)/python -m grpc_tools.protoc -I $(GRPC_PROTO) \
+		--descriptor_set_out=$(GRPC_PROTO)/inference.binpb $(GRPC_PROTO)/inference.proto
 
 train: $(VENV)/.dev-installed
 	$(TRAIN_VAE)

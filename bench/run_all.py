@@ -29,6 +29,7 @@ from bench import (
     decoder_forms,
     http_load,
     memory,
+    oip_grpc,
     profile_service,
     training_speed,
 )
@@ -95,6 +96,15 @@ def run(quick: bool, out_dir: Path | None, before: str | None, training: bool) -
         install=not quick,
         out_dir=out_dir,
         peers=[] if quick else None,
+    )
+    print("== the Open Inference Protocol over gRPC against its REST face", flush=True)
+    results["oip_grpc"] = oip_grpc.run(
+        duration,
+        warmup,
+        only=["grpc_decoder16_raw", "decoder16_binary"] if quick else None,
+        concurrency=[1] if quick else None,
+        out_dir=out_dir,
+        rounds=1 if quick else 3,
     )
     print("== cost curves: images per request, concurrency", flush=True)
     results["curves"] = curves.run(
@@ -221,6 +231,8 @@ def summarize(results: dict) -> dict:
     # Issue #17: against BentoML at its best settings (bench/peers/compare.py); the eager-PyTorch
     # peer's ratio is reported beside it (the peers table), no longer a target.
     targets += results.get("peers", {}).get("targets", [])
+    # Issue #26: gRPC's server CPU per request at most the REST binary path's.
+    targets += results.get("oip_grpc", {}).get("targets", [])
     growth = m["growth_first_10k_mb"]
     target(
         "RSS growth under 20 MB over 10,000 mixed requests",
@@ -407,6 +419,13 @@ def markdown(run_data: dict, command: str) -> str:
             f"{prof['samples']} samples; {prof['rps_while_profiled']:,.0f} req/s while "
             f"profiled, {prof['server_cpu_ms_per_request']:.3f} ms of server CPU per request):"
             "\n\n" + _table(["part", "ms / request", "share"], rows)
+        )
+    if "oip_grpc" in r:
+        parts.append(
+            "### The Open Inference Protocol over gRPC (bench/oip_grpc.py)\n\n"
+            "One server (VAE_WORKERS=1), gRPC ModelInfer (bench/grpc_load.py, Python) beside the "
+            "REST binary tensor path and /sample?n=16 (wrk); medians of the rounds:\n\n"
+            + oip_grpc.markdown(r["oip_grpc"])
         )
     # memory
     rows = [
@@ -702,6 +721,7 @@ def load_results(folder: Path) -> dict:
         "one_worker": "http_one_worker",
         "peers": "peers",
         "curves": "curves",
+        "oip_grpc": "oip_grpc",
     }
     results = {
         key: json.loads((folder / f"{name}.json").read_text())

@@ -6,8 +6,9 @@ import argparse
 import importlib.util
 import os
 import signal
+import socket
 import sys
-from typing import Any
+from typing import Any, Literal
 
 from service.inference.registry import missing_models_message, model_folders
 from service.process.settings import Settings
@@ -52,6 +53,24 @@ def _http_protocol() -> type | str:
     return HeadLimitedHttpToolsProtocol
 
 
+def _reserve_grpc_port(host: str, port: int) -> socket.socket | Literal[False] | None:
+    """The gRPC port held for the workers to share (service/grpc/ports.py); None when gRPC is
+    off; False (after saying why) when something else has the port."""
+    if not port:
+        return None
+    from service.grpc.ports import address, reserve
+
+    try:
+        return reserve(host, port)
+    except OSError as exc:
+        print(
+            f"vae-serve: cannot listen for gRPC on {address(host, port)} (VAE_GRPC_PORT): "
+            f"{exc.strerror}",
+            file=sys.stderr,
+        )
+        return False
+
+
 def _start_versions(settings: Settings) -> dict[str, Any] | None:
     """The served set every worker starts with: each model at its policy's version, resolved
     once here so that all workers agree (None: a folder is broken; each worker then says so)."""
@@ -79,7 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--host", default=settings.host, help="address to listen on")
     parser.add_argument("--port", type=int, default=settings.port, help="port to listen on")
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        default=settings.grpc_port,
+        help="port of the Open Inference Protocol over gRPC, on the same address (0: off)",
+    )
     args = parser.parse_args(argv)
+    # Each worker's app reads its Settings from the environment: the gRPC server binds these.
+    os.environ["VAE_HOST"], os.environ["VAE_GRPC_PORT"] = args.host, str(args.grpc_port)
 
     # The commonest first-run problem gets a plain message, not a traceback.
     if not model_folders(settings.model_dir):
@@ -117,9 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     if workers > 1:
         policy = supervisor.RestartPolicy.from_settings(settings)
         served = _start_versions(settings)
-        return supervisor.serve(
-            workers, args.host, args.port, options, policy, served, settings.load_timeout
-        )
+        grpc_port = _reserve_grpc_port(args.host, args.grpc_port)
+        if grpc_port is False:
+            return 1
+        try:
+            return supervisor.serve(
+                workers, args.host, args.port, options, policy, served, settings.load_timeout
+            )
+        finally:
+            if grpc_port is not None:
+                grpc_port.close()
     from service.inference.sessions import limit_malloc_arenas
 
     limit_malloc_arenas()

@@ -40,6 +40,7 @@ from service.api.oip import is_oip_path
 from service.api.oip.routes import error_response as oip_error
 from service.api.page import mount_static
 from service.api.scheduling import Scheduler
+from service.grpc import server as grpc_server
 from service.inference.format import ModelLoadError
 from service.inference.registry import ModelRegistry, parse_pins
 from service.process import lifecycle
@@ -132,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.lifecycle.attach()
         app.state.ready = True
+        grpc = await grpc_server.start(app.state, settings)  # None unless VAE_GRPC_PORT
         metrics.served(registry)
         logger.info(
             "serving %s from %s (default %r)",
@@ -142,6 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         app.state.lifecycle.detach()
         app.state.ready = False
+        await grpc_server.stop(grpc)
 
     app = FastAPI(
         title="VAE service",
@@ -151,6 +154,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.api_keys = api_keys
+    app.state.admin_keys, app.state.guesses = admin_keys, guesses  # gRPC checks them too
     app.state.registry = None
     app.state.ready = False
     # Starlette types handlers as taking any Exception; each of these takes its own subclass.

@@ -75,12 +75,16 @@ def test_a_quick_run_of_every_benchmark_has_no_errors(tmp_path: Path, monkeypatc
     data = run_all.run(quick=True, out_dir=tmp_path, before=None, training=False)
     summary = data["summary"]
     assert summary["errors"] == 0
-    for name in ("compute", "http", "peers", "curves", "profile", "memory", "summary"):
+    for name in ("compute", "http", "peers", "oip_grpc", "curves", "profile", "memory", "summary"):
         assert (tmp_path / f"{name}.json").is_file(), name
     http = data["results"]["http"]
     assert {r["name"] for r in http["results"]} >= {"healthz", "encode", "baseline_sample_png"}
     assert all(r["rps"] > 0 for r in http["results"])
-    # 4 of the service's own, then BentoML's (bench/peers/compare.py) where it is set up
-    assert len(summary["targets"]) == 4 + len(data["results"]["peers"]["targets"])
+    # 4 of the service's own, then BentoML's (bench/peers/compare.py) where it is set up, then
+    # gRPC against REST (bench/oip_grpc.py: the decoder of 16 at concurrency 1 in a quick run)
+    grpc_targets = data["results"]["oip_grpc"]["targets"]
+    assert len(grpc_targets) == 1 and "grpc_decoder16_raw" in grpc_targets[0]["target"]
+    assert len(summary["targets"]) == 4 + len(data["results"]["peers"]["targets"]) + 1
     text = run_all.markdown(data, "pytest")
     assert "### Targets" in text and "/encode" in text and "| graph | batch |" in text
+    assert "| grpc_decoder16_raw | decoder16_binary | 1 |" in text

@@ -110,14 +110,19 @@ def test_probes_ports_and_service():
     kinds = by_kind()
     container = _container(kinds["Deployment"])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"http": 8000}
+    assert ports == {"http": 8000, "grpc": 8001}
     assert _env(container)["PORT"]["value"] == "8000"
+    assert _env(container)["VAE_GRPC_PORT"]["value"] == "8001"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+    for probe in ("livenessProbe", "startupProbe"):
         assert container[probe]["httpGet"]["port"] in ports
-    (service_port,) = kinds["Service"]["spec"]["ports"]
-    assert service_port["targetPort"] in ports
+    # readiness: gRPC's health service (grpc.health.v1), driven by the models' readiness
+    assert container["readinessProbe"]["grpc"] == {"port": ports["grpc"]}
+    service_ports = {p["name"]: p for p in kinds["Service"]["spec"]["ports"]}
+    assert set(service_ports) == {"http", "grpc"}
+    for name, port in service_ports.items():
+        assert port["targetPort"] == name
+    assert service_ports["grpc"]["appProtocol"] == "kubernetes.io/h2c"
 
 
 def test_resources_match_the_thread_settings():
@@ -223,7 +228,9 @@ def test_dockerfile_is_multi_stage_slim_and_non_root():
     assert user == "${APP_UID}:${APP_UID}" and args["APP_UID"] == str(APP_UID)
     (stop,) = [arg for op, arg in runtime if op == "STOPSIGNAL"]
     assert stop == "SIGTERM"
-    assert ("EXPOSE", "8000") in runtime
+    assert ("EXPOSE", "8000 8001") in runtime  # HTTP, and gRPC (VAE_GRPC_PORT)
+    env = " ".join(arg for op, arg in runtime if op == "ENV")
+    assert "VAE_GRPC_PORT=8001" in env
     (health,) = [arg for op, arg in runtime if op == "HEALTHCHECK"]
     assert "/healthz" in health and "urllib" in health and "curl" not in health
 

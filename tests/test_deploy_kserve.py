@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KSERVE = ROOT / "deploy" / "kserve"
 CUSTOM = KSERVE / "inferenceservice.yaml"
 TRITON = KSERVE / "inferenceservice-triton.yaml"
+GRPC = KSERVE / "inferenceservice-grpc.yaml"
 DEPLOYMENT = ROOT / "deploy" / "kubernetes" / "deployment.yaml"
 # The PodSpec part of a predictor (the rest are KServe's own fields).
 POD_FIELDS = {
@@ -55,7 +56,7 @@ def check_fields(value: object, model: type, where: str) -> None:
             check_fields(item, nested, f"{where}.{key}")
 
 
-@pytest.mark.parametrize("path", [CUSTOM, TRITON], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [CUSTOM, GRPC, TRITON], ids=lambda p: p.name)
 def test_fields_are_kserve_v1beta1(path, no_network) -> None:
     kserve = pytest.importorskip("kserve", reason="kserve's SDK: requirements/kserve-client.txt")
     doc = load(path)
@@ -76,7 +77,7 @@ def test_a_typo_is_caught(no_network) -> None:
         check_fields(doc, kserve.V1beta1InferenceService, "")
 
 
-@pytest.mark.parametrize("path", [CUSTOM, TRITON], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [CUSTOM, GRPC, TRITON], ids=lambda p: p.name)
 def test_pod_part_is_a_valid_pod(path, no_network) -> None:
     predictor = load(path)["spec"]["predictor"]
     spec = {k: v for k, v in predictor.items() if k in POD_FIELDS}
@@ -108,6 +109,21 @@ def test_custom_predictor_matches_the_image_and_the_service(client) -> None:
     for probe in probes.values():
         assert probe["port"] == port["containerPort"]
         assert client.get(probe["path"]).status_code == 200  # the service answers them
+
+
+def test_grpc_predictor_declares_one_h2c_port_and_probes_grpc_health() -> None:
+    """KServe routes HTTP/2 to a custom predictor whose one declared port is named h2c."""
+    (container,) = load(GRPC)["spec"]["predictor"]["containers"]
+    (custom,) = load(CUSTOM)["spec"]["predictor"]["containers"]
+    assert container["image"] == custom["image"]
+    assert container["resources"] == custom["resources"]
+    (port,) = container["ports"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert port["name"] == "h2c" and port["containerPort"] == int(env["VAE_GRPC_PORT"]) == 8001
+    assert "EXPOSE 8000 8001" in (ROOT / "Dockerfile").read_text()
+    for probe in ("startupProbe", "readinessProbe"):
+        assert container[probe]["grpc"] == {"port": 8001}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": 8000}
 
 
 def test_triton_predictor_serves_the_vae_triton_repository() -> None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
@@ -46,9 +46,11 @@ __all__ = [
     "ApiKeyMiddleware",
     "ApiKeys",
     "Guesses",
+    "check_key",
     "document_security",
     "is_protected",
     "load_api_keys",
+    "offered_keys",
     "read_key_file",
     "redact_query",
 ]
@@ -138,8 +140,14 @@ def is_protected(path: str, probes: bool = False, metrics: bool = False) -> bool
 
 def _credentials(scope: Scope) -> list[bytes]:
     """What the request offers as a key: Bearer tokens and X-API-Key values (never the query)."""
+    return offered_keys(scope.get("headers", ()))
+
+
+def offered_keys(headers: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
+    """Bearer tokens and X-API-Key values among (lower-case name, value) pairs: HTTP headers,
+    or gRPC call metadata (service/grpc/servicer.py)."""
     found = []
-    for name, value in scope.get("headers", ()):
+    for name, value in headers:
         if name == b"authorization":
             scheme, _, token = value.strip().partition(b" ")
             if scheme.lower() == b"bearer" and token.strip():
@@ -147,6 +155,17 @@ def _credentials(scope: Scope) -> list[bytes]:
         elif name == b"x-api-key" and value.strip():
             found.append(value.strip())
     return found[:_MAX_CANDIDATES]
+
+
+def check_key(keys: ApiKeys, offered: list[bytes]) -> tuple[bool, str]:
+    """(allowed, why not) for the credentials a request offers: every one is compared with
+    every key, without stopping at a match."""
+    if not offered:
+        return False, MISSING
+    valid = False
+    for candidate in offered:
+        valid |= keys.matches(candidate)
+    return valid, "" if valid else WRONG
 
 
 class Guesses:
@@ -287,13 +306,7 @@ class ApiKeyMiddleware:
         """(allowed, why not) for `scope`."""
         if not is_protected(self._path(scope), self.protect_probes, self.protect_metrics):
             return True, ""
-        offered = _credentials(scope)
-        if not offered:
-            return False, MISSING
-        valid = False
-        for candidate in offered:
-            valid |= self.keys.matches(candidate)
-        return valid, "" if valid else WRONG
+        return check_key(self.keys, _credentials(scope))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):

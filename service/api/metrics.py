@@ -31,7 +31,8 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "vae_http_requests",
-            "HTTP requests by method, route template and status code",
+            "HTTP requests by method, route template and status code (gRPC calls too: "
+            "protocol grpc in vae_protocol_requests, the RPC's path as the route)",
             ["method", "route", "status"],
             registry=self.registry,
         )
@@ -46,7 +47,8 @@ class Metrics:
         self.protocol_requests = Counter(
             "vae_protocol_requests",
             "HTTP requests by API protocol (rest: the REST API; oip: the Open Inference "
-            "Protocol under /v2) and status code",
+            "Protocol under /v2; grpc: its gRPC face, by the HTTP status of the same outcome) "
+            "and status code",
             ["protocol", "status"],
             registry=self.registry,
         )

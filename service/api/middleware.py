@@ -38,6 +38,12 @@ OIP_PREFIX = "/v2"
 _log_line = json.JSONEncoder(separators=(",", ":")).encode
 
 
+def request_id_of(incoming: str | None) -> str:
+    """The client's request id when it is short and harmless in logs and headers, else a new
+    one (HTTP's X-Request-ID header, gRPC's x-request-id metadata)."""
+    return incoming if incoming and _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+
+
 def protocol_of(path: str) -> str:
     """'oip' for the Open Inference Protocol's paths (/v2, /v2/...), else 'rest'."""
     return "oip" if path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/") else "rest"
@@ -215,7 +221,7 @@ class RequestContextMiddleware:
             return
         start = time.perf_counter()
         incoming = Headers(scope=scope).get(REQUEST_ID_HEADER)
-        request_id = incoming if incoming and _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+        request_id = request_id_of(incoming)
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
         bytes_out = 0

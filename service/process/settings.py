@@ -131,6 +131,14 @@ class Settings(BaseSettings):
     access_log: bool = Field(True, description="one JSON line per request on stderr")
     host: str = Field("127.0.0.1", description="address `python -m service` listens on")
     port: int = Field(8000, ge=0, le=65535, description="port `python -m service` listens on")
+    grpc_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="port of the Open Inference Protocol over gRPC, on VAE_HOST, in every "
+        "worker (0 = off; `make serve`, the container and the Kubernetes manifests use 8001, "
+        "Triton's)",
+    )
 
     @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod

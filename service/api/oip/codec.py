@@ -84,6 +84,9 @@ class RequestInput:
     parameters: dict[str, Any]
     data: Any = None  # JSON data: a (nested) list, or None when the data is binary
     raw: memoryview | None = None  # the binary part, when parameters.binary_data_size is set
+    # What error messages call the two forms (gRPC: contents.fp32_contents, raw_input_contents[0]).
+    data_label: str = "'data'"
+    raw_label: str = "binary_data_size"
 
     @property
     def count(self) -> int:
@@ -151,7 +154,7 @@ def _name(value: Any, where: str) -> str:
     return value
 
 
-def _shape(value: Any, where: str) -> tuple[int, ...]:
+def parse_shape(value: Any, where: str) -> tuple[int, ...]:
     if not isinstance(value, list) or len(value) > MAX_RANK:
         raise bad_request(f"{where}: 'shape' must be a list of at most {MAX_RANK} integers")
     for dim in value:
@@ -211,7 +214,7 @@ def parse_request(body: bytes, json_length: str | None) -> InferRequest:
                 f"{where}: unknown datatype {datatype!r:.40}; the protocol's are "
                 + ", ".join(DATATYPES)
             )
-        shape = _shape(item.get("shape"), where)
+        shape = parse_shape(item.get("shape"), where)
         params = _parameters(item.get("parameters"), where)
         size = params.get("binary_data_size")
         raw = None
@@ -286,7 +289,7 @@ def decode_numeric(tensor: RequestInput, limit: float) -> np.ndarray:
     if tensor.raw is not None:
         if len(tensor.raw) != count * dtype.itemsize:
             raise bad_request(
-                f"{where}: binary_data_size is {len(tensor.raw)} bytes, shape "
+                f"{where}: {tensor.raw_label} is {len(tensor.raw)} bytes, shape "
                 f"{list(tensor.shape)} of {tensor.datatype} needs {count * dtype.itemsize}"
             )
         array = np.frombuffer(tensor.raw, dtype=dtype).reshape(tensor.shape)
@@ -295,7 +298,8 @@ def decode_numeric(tensor: RequestInput, limit: float) -> np.ndarray:
     values = _json_numbers(tensor, where, integers=dtype.kind in "iu")
     if values.size != count:
         raise bad_request(
-            f"{where}: 'data' has {values.size} elements, shape {list(tensor.shape)} needs {count}"
+            f"{where}: {tensor.data_label} has {values.size} elements, shape "
+            f"{list(tensor.shape)} needs {count}"
         )
     _check_values(values, limit, where)
     if dtype.kind in "iu":
@@ -316,7 +320,7 @@ def _json_numbers(tensor: RequestInput, where: str, integers: bool = False) -> n
     data = tensor.data
     kind = "integers" if integers else "numbers"
     if not isinstance(data, list):
-        raise bad_request(f"{where}: 'data' must be a list of {kind}")
+        raise bad_request(f"{where}: {tensor.data_label} must be a list of {kind}")
     try:
         values = np.asarray(data)
     except (ValueError, TypeError, OverflowError):
@@ -327,13 +331,15 @@ def _json_numbers(tensor: RequestInput, where: str, integers: bool = False) -> n
     allowed: type | tuple[type, ...] = int if integers else (int, float)
     for value in flat:
         if not isinstance(value, allowed) or isinstance(value, bool):
-            raise bad_request(f"{where}: {tensor.datatype} 'data' must hold {kind} only")
+            raise bad_request(
+                f"{where}: {tensor.datatype} {tensor.data_label} must hold {kind} only"
+            )
     try:
         array = np.asarray(flat) if integers else np.asarray(flat, dtype=np.float64)
     except OverflowError:
         array = None
     if array is None or (flat and array.dtype.kind not in "iuf"):
-        raise bad_request(f"{where}: a number in 'data' is out of range")
+        raise bad_request(f"{where}: a number in {tensor.data_label} is out of range")
     return array
 
 
@@ -378,21 +384,24 @@ def serialize_bytes(elements: Sequence[bytes]) -> bytes:
 
 def decode_bytes(tensor: RequestInput) -> list[bytes]:
     """A BYTES input's elements, row-major: binary data, or JSON strings (UTF-8, or base64
-    where parameters.content_type is "base64")."""
+    where parameters.content_type is "base64"), or bytes as they are (gRPC's typed contents)."""
     where = f"input {tensor.name!r}"
     if tensor.raw is not None:
         return deserialize_bytes(tensor.raw, tensor.count, where)
     flat = _flatten(tensor.data, len(tensor.shape), where)
     if len(flat) != tensor.count:
         raise bad_request(
-            f"{where}: 'data' has {len(flat)} elements, shape {list(tensor.shape)} needs "
-            f"{tensor.count}"
+            f"{where}: {tensor.data_label} has {len(flat)} elements, shape "
+            f"{list(tensor.shape)} needs {tensor.count}"
         )
     base64_data = tensor.parameters.get("content_type") == "base64"
     out = []
     for value in flat:
+        if isinstance(value, bytes):  # gRPC's contents.bytes_contents: the elements as they are
+            out.append(value)
+            continue
         if not isinstance(value, str):
-            raise bad_request(f"{where}: BYTES 'data' must hold strings")
+            raise bad_request(f"{where}: BYTES {tensor.data_label} must hold strings")
         if base64_data:
             try:
                 out.append(base64.b64decode(value, validate=True))

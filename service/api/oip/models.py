@@ -247,11 +247,11 @@ def _preprocess(request: InferRequest, model: Model) -> Preprocess:
     return preprocess
 
 
-def execute(call: Call, settings: Settings) -> tuple[bytes, dict[str, str]]:
-    """Run a checked call and encode its response (body, headers): the work the scheduler runs."""
+def outputs_of(call: Call, settings: Settings) -> list[Output]:
+    """Run a checked call: its requested outputs, in order (REST and gRPC alike)."""
     view, request = call.view, call.request
     results = view.run(call.inputs, request, settings)
-    outputs = [
+    return [
         Output(
             spec.name,
             spec.datatype,
@@ -260,6 +260,12 @@ def execute(call: Call, settings: Settings) -> tuple[bytes, dict[str, str]]:
         )
         for spec, wanted in call.outputs
     ]
+
+
+def execute(call: Call, settings: Settings) -> tuple[bytes, dict[str, str]]:
+    """Run a checked call and encode its response (body, headers): the work the scheduler runs."""
+    view, request = call.view, call.request
+    outputs = outputs_of(call, settings)
     return encode_response(view.name, view.version, request.id, outputs, call.parameters)
 
 
@@ -332,3 +338,36 @@ def view_for(
             404, f"unknown version {version!r} of model {name!r}; its loaded versions: {loaded}"
         ) from None
     return next(v for v in views_of(model) if v.graph == view.graph)
+
+
+NOT_READY = "not ready: models are loading"
+
+
+def served_models(state: Any) -> dict[str, OipModel]:
+    """The OIP models of an app's registry (`app.state`: built once per registry generation, a
+    load or unload changes it), for the REST routes and the gRPC service alike; OipError(503)
+    before start-up has finished."""
+    registry = getattr(state, "registry", None)
+    if registry is None or not getattr(state, "ready", False):
+        raise OipError(503, NOT_READY)
+    cached = getattr(state, "oip_models", None)
+    key = (registry, registry.generation)
+    if cached is None or cached[0] != key:
+        cached = (key, oip_models(registry))
+        state.oip_models = cached
+    views: dict[str, OipModel] = cached[1]
+    return views
+
+
+def find_model(state: Any, name: str, version: str | None) -> OipModel:
+    """One OIP model of an app by name and version (None: the served one): `view_for` on
+    `served_models`; OipError 404 or 503."""
+    views = served_models(state)
+    return view_for(state.registry, views, name, version)
+
+
+def metadata_of(state: Any, view: OipModel) -> dict[str, Any]:
+    """A model's metadata as both faces answer it: `versions` lists the loaded versions."""
+    metadata = view.metadata()
+    metadata["versions"] = state.registry.versions(view.model.name)
+    return metadata

@@ -22,7 +22,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import __version__
 from service.api.oip.codec import HEADER_LENGTH, OipError, bad_request, parse_request
-from service.api.oip.models import Call, OipModel, execute, oip_models, view_for
+from service.api.oip.models import (
+    Call,
+    OipModel,
+    execute,
+    find_model,
+    metadata_of,
+    served_models,
+)
 from service.api.oip.schemas import (
     InferenceRequest,
     InferenceResponse,
@@ -40,7 +47,6 @@ SERVER_NAME = "vae-service"
 EXTENSIONS = ["binary_tensor_data"]
 # Request bodies up to this size are parsed on the event loop; bigger ones in the thread pool.
 INLINE_PARSE_BYTES = 64 * 1024
-NOT_READY = "not ready: models are loading"
 
 
 def error_response(
@@ -103,22 +109,12 @@ INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def _views(request: Request) -> dict[str, OipModel]:
-    """The OIP models of the app's registry (built once per registry); 503 before start-up."""
-    state = request.app.state
-    registry = getattr(state, "registry", None)
-    if registry is None or not getattr(state, "ready", False):
-        raise OipError(503, NOT_READY)
-    cached = getattr(state, "oip_models", None)
-    key = (registry, registry.generation)  # a load or unload changes the generation
-    if cached is None or cached[0] != key:
-        cached = (key, oip_models(registry))
-        state.oip_models = cached
-    views: dict[str, OipModel] = cached[1]
-    return views
+    """The OIP models of the app's registry; 503 before start-up (shared with gRPC)."""
+    return served_models(request.app.state)
 
 
 def _view(request: Request, name: str, version: str | None) -> OipModel:
-    view = view_for(request.app.state.registry, _views(request), name, version)
+    view = find_model(request.app.state, name, version)
     request.scope.setdefault("state", {})["model_version"] = view.version  # X-Model-Version
     return view
 
@@ -132,9 +128,7 @@ async def _metadata(request: Request, name: str, version: str | None) -> Any:
         view = _view(request, name, version)
     except OipError as exc:
         return error_response(exc.status, exc.message)
-    metadata = view.metadata()
-    metadata["versions"] = request.app.state.registry.versions(view.model.name)  # loaded ones
-    return ModelMetadataResponse.model_validate(metadata)
+    return ModelMetadataResponse.model_validate(metadata_of(request.app.state, view))
 
 
 async def _ready(request: Request, name: str, version: str | None) -> Any:
