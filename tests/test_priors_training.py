@@ -108,7 +108,7 @@ def test_vae_prior_refits_an_exported_folder_and_the_service_loads_it(fresh_mode
     from training.typicality import add_typicality, validation_split
 
     val = validation_split(read_metadata(folder).training)
-    add_typicality(folder, val.images, val.source, k=2)
+    add_typicality(folder, val.images, val.source, k=2, score="log_px_kl_and_prior")
     reference = read_metadata(folder).typicality
     assert reference is not None and reference.score == "log_px_kl_and_prior"
     kept = run("vae-prior", str(folder), "--components", "2", "--no-progress")
