@@ -79,7 +79,7 @@ def run(name: str, *args: str) -> subprocess.CompletedProcess:
 def test_vae_prior_refits_an_exported_folder_and_the_service_loads_it(fresh_model_dir) -> None:
     """`vae-prior` on a tiny exported VAE (its data: the offline subset its config names):
     writes prior.npz and metadata `prior` (sha256, K chosen on the validation split, per-label
-    fits, the default), keeps the default on a refit unless told, and refreshes a typicality
+    fits, posterior draws by default, the default prior), keeps the default on a refit unless told, and refreshes a typicality
     reference that uses the density; the service's loader reads the folder."""
     from service.inference.registry import load_model
 
@@ -90,7 +90,7 @@ def test_vae_prior_refits_an_exported_folder_and_the_service_loads_it(fresh_mode
     metadata = read_metadata(folder)
     spec = metadata.prior
     assert spec is not None and spec.file == "prior.npz" and spec.per_label
-    assert spec.fitted_on == "mu" and spec.default == "normal"
+    assert spec.fitted_on == "posterior_sample" and spec.default == "normal"
     assert spec.components in (1, 2) and "validation split" in spec.how_chosen
     prior = load_prior(folder / spec.file, metadata.z_dim, spec.sha256)
     assert prior.labels == tuple(range(10)) and sum(prior.shares) == pytest.approx(1.0)
@@ -100,11 +100,11 @@ def test_vae_prior_refits_an_exported_folder_and_the_service_loads_it(fresh_mode
     # A refit keeps the folder's default unless --default says otherwise; with a reference
     # that uses the density, the reference is recomputed against the new prior.
     edited = run("vae-prior", str(folder), "--components", "1", "--default", "fitted",
-                 "--fit-on", "sample", "--no-progress")  # fmt: skip
+                 "--fit-on", "mu", "--no-progress")  # fmt: skip
     assert edited.returncode == 0, edited.stderr
     again = read_metadata(folder).prior
     assert again is not None and again.default == "fitted" and again.components == 1
-    assert again.fitted_on == "posterior_sample" and again.sha256 != spec.sha256
+    assert again.fitted_on == "mu" and again.sha256 != spec.sha256
     from training.typicality import add_typicality, validation_split
 
     val = validation_split(read_metadata(folder).training)
@@ -117,6 +117,16 @@ def test_vae_prior_refits_an_exported_folder_and_the_service_loads_it(fresh_mode
     assert refit.prior is not None and refit.prior.default == "fitted"
     assert refit.typicality is not None
     assert refit.typicality.components["log_prior"] != reference.components["log_prior"]
+
+    # --only-default changes the default alone: the same file, the reason recorded.
+    only = run("vae-prior", str(folder), "--only-default", "--default", "normal",
+               "--reason", "the book's figure")  # fmt: skip
+    assert only.returncode == 0, only.stderr
+    changed = read_metadata(folder).prior
+    assert changed is not None and changed.default == "normal"
+    assert changed.sha256 == refit.prior.sha256
+    assert changed.how_chosen.endswith("default prior 'normal': the book's figure")
+    assert changed.how_chosen.count("default prior") == 1
 
     missing = run("vae-prior", str(fresh_model_dir / "nothing"))
     assert missing.returncode == 2 and "metadata.json" in missing.stderr
