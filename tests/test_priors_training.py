@@ -79,8 +79,9 @@ def run(name: str, *args: str) -> subprocess.CompletedProcess:
 def test_vae_prior_refits_an_exported_folder_and_the_service_loads_it(fresh_model_dir) -> None:
     """`vae-prior` on a tiny exported VAE (its data: the offline subset its config names):
     writes prior.npz and metadata `prior` (sha256, K chosen on the validation split, per-label
-    fits, the default), keeps the default on a refit unless told, and refreshes a typicality
-    reference that uses the density; the service's loader reads the folder."""
+    fits, posterior draws by default, the default prior), keeps the default on a refit unless
+    told, and refreshes a typicality reference that uses the density; the service's loader
+    reads the folder."""
     from service.inference.registry import load_model
 
     folder = fresh_model_dir / "vae"
@@ -90,7 +91,7 @@ def test_vae_prior_refits_an_exported_folder_and_the_service_loads_it(fresh_mode
     metadata = read_metadata(folder)
     spec = metadata.prior
     assert spec is not None and spec.file == "prior.npz" and spec.per_label
-    assert spec.fitted_on == "mu" and spec.default == "normal"
+    assert spec.fitted_on == "posterior_sample" and spec.default == "normal"
     assert spec.components in (1, 2) and "validation split" in spec.how_chosen
     prior = load_prior(folder / spec.file, metadata.z_dim, spec.sha256)
     assert prior.labels == tuple(range(10)) and sum(prior.shares) == pytest.approx(1.0)
@@ -100,15 +101,15 @@ def test_vae_prior_refits_an_exported_folder_and_the_service_loads_it(fresh_mode
     # A refit keeps the folder's default unless --default says otherwise; with a reference
     # that uses the density, the reference is recomputed against the new prior.
     edited = run("vae-prior", str(folder), "--components", "1", "--default", "fitted",
-                 "--fit-on", "sample", "--no-progress")  # fmt: skip
+                 "--fit-on", "mu", "--no-progress")  # fmt: skip
     assert edited.returncode == 0, edited.stderr
     again = read_metadata(folder).prior
     assert again is not None and again.default == "fitted" and again.components == 1
-    assert again.fitted_on == "posterior_sample" and again.sha256 != spec.sha256
+    assert again.fitted_on == "mu" and again.sha256 != spec.sha256
     from training.typicality import add_typicality, validation_split
 
     val = validation_split(read_metadata(folder).training)
-    add_typicality(folder, val.images, val.source, k=2)
+    add_typicality(folder, val.images, val.source, k=2, score="log_px_kl_and_prior")
     reference = read_metadata(folder).typicality
     assert reference is not None and reference.score == "log_px_kl_and_prior"
     kept = run("vae-prior", str(folder), "--components", "2", "--no-progress")
@@ -117,6 +118,16 @@ def test_vae_prior_refits_an_exported_folder_and_the_service_loads_it(fresh_mode
     assert refit.prior is not None and refit.prior.default == "fitted"
     assert refit.typicality is not None
     assert refit.typicality.components["log_prior"] != reference.components["log_prior"]
+
+    # --only-default changes the default alone: the same file, the reason recorded.
+    only = run("vae-prior", str(folder), "--only-default", "--default", "normal",
+               "--reason", "the book's figure")  # fmt: skip
+    assert only.returncode == 0, only.stderr
+    changed = read_metadata(folder).prior
+    assert changed is not None and changed.default == "normal"
+    assert changed.sha256 == refit.prior.sha256
+    assert changed.how_chosen.endswith("default prior 'normal': the book's figure")
+    assert changed.how_chosen.count("default prior") == 1
 
     missing = run("vae-prior", str(fresh_model_dir / "nothing"))
     assert missing.returncode == 2 and "metadata.json" in missing.stderr
@@ -220,3 +231,35 @@ def test_scores_carry_the_prior_log_density(model_dir) -> None:
     assert scored.log_prior is not None
     np.testing.assert_allclose(scored.log_prior, prior.log_density(scored.codes["mu"]))
     assert set(scoring.component_values(scored)) == {"neg_mse", "iwae_log_px", "kl", "log_prior"}
+
+
+@pytest.mark.skipif(
+    not hasattr(__import__("service.inference.model").inference.model.Model, "prior"),
+    reason="the registry does not load fitted priors on this branch (Model.prior)",
+)
+@pytest.mark.parametrize("kind", ["vae", "ae"])
+def test_score_answers_the_prior_density_and_a_verdict_that_uses_it(fresh_model_dir, kind):
+    """POST /score on a folder fitted by vae-prior: `log_prior` is the prior's density of the
+    image's encoding (as /encode gives it); with the combined typicality score the verdict
+    lists the density's percentile among its parts."""
+    from conftest import digit_array, make_client, png_bytes
+
+    from training.prior import fit_and_store, fitted_prior, run_split
+    from training.typicality import add_typicality
+
+    folder = fresh_model_dir / kind
+    train, val = run_split(read_metadata(folder).training)
+    fit_and_store(folder, train, val, candidates=(1,), progress=False)
+    score = scoring.score_name(kind, prior=True)
+    add_typicality(folder, val.images[:60], "60 held-out digits", k=4, score=score)
+    prior = fitted_prior(folder)
+    assert prior is not None
+    digit = png_bytes(digit_array())
+    with make_client(fresh_model_dir) as client:
+        body = client.post(f"/score?model={kind}&k=4&seed=0", files={"file": digit}).json()
+        code = client.post(f"/encode?model={kind}", files={"file": digit}).json()
+    mean = np.array([code["mu" if kind == "vae" else "z"]])
+    assert body["log_prior"] == pytest.approx(float(prior.log_density(mean)[0]), rel=1e-5)
+    verdict = body["typicality"]
+    assert verdict["score_name"] == score and "log_prior" in verdict["components"]
+    assert verdict["score"] == pytest.approx(min(verdict["components"].values()))

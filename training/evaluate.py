@@ -675,6 +675,9 @@ def main(argv: list[str] | None = None) -> int:
         print(table)
     if "likelihood" in result:
         print(result["likelihood"]["table"])
+        signal = result["likelihood"].get("prior_signal")
+        if signal and signal.get("table"):
+            print(signal["table"])
     return 0
 
 

@@ -53,11 +53,14 @@ def add_typicality(
     score: scoring.ScoreName | None = None,
 ) -> Typicality:
     """Score `images` (the run's held-out split) and store the reference in metadata.json.
-    `score` None: scoring.score_name of the model's kind (VAE: log_px_and_kl; AE: neg_mse;
-    with a fitted prior, each with the prior's density too)."""
+    `score` None: the folder's current score if it has a reference, else scoring.score_name of
+    the model's kind (VAE: log_px_and_kl; AE: neg_mse). The scores with the fitted prior's
+    density (log_px_kl_and_prior, neg_mse_and_prior) are chosen per model where vae-evaluate's
+    `prior_signal` shows they separate the OOD sets better (models/README.md)."""
     model_dir = Path(model_dir)
     metadata = read_metadata(model_dir)
-    name = score or scoring.score_name(metadata.kind, metadata.prior is not None)
+    kept = metadata.typicality.score if metadata.typicality is not None else None
+    name = score or kept or scoring.score_name(metadata.kind)
     uses_k = metadata.kind == "vae" and name != "neg_mse"
     values = held_out_values(model_dir, images, k, seed)
     record = scoring.typicality_record(
@@ -111,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         "--score",
         choices=list(scoring.SCORE_TEXT),
         default=None,
-        help="the typicality score (default: log_px_and_kl for a VAE, neg_mse for an AE; "
-        "log_px_kl_and_prior and neg_mse_and_prior for models with a fitted prior)",
+        help="the typicality score (default: the folder's current one, else log_px_and_kl for "
+        "a VAE and neg_mse for an AE; log_px_kl_and_prior and neg_mse_and_prior add the fitted "
+        "prior's density, for models with one)",
     )
     p.add_argument(
         "--quantile",

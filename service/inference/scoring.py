@@ -266,8 +266,8 @@ def score_images(
 
 def score_name(kind: str, prior: bool = False) -> ScoreName:
     """The typicality score of a model kind: the VAE's log p(x) and KL together, the AE's
-    -MSE (it has nothing else); with a fitted `prior`, each also with the prior's density of
-    the encoding (models/README.md: it separates the out-of-distribution sets better)."""
+    -MSE (it has nothing else); `prior`: each also with a fitted prior's density of the
+    encoding (adopted per model where it separates the OOD sets better: models/README.md)."""
     if kind == "vae":
         return "log_px_kl_and_prior" if prior else "log_px_and_kl"
     return "neg_mse_and_prior" if prior else "neg_mse"
