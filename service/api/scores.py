@@ -38,7 +38,6 @@ from service.imaging import png
 from service.imaging.tiles import error_map_grid_png, error_map_pngs
 from service.inference import scoring
 from service.inference.model import Model
-from service.inference.prior import FittedPrior
 from service.process.settings import Settings
 
 # Posterior samples one /score/batch may decode in all (files x k): ~10 s of one core.
@@ -164,8 +163,7 @@ def score_uploads(
     if seed is None:  # a fresh seed, reported so the answer can be repeated
         seed = int(np.random.default_rng().integers(2**63))
     rng = np.random.default_rng(seed)
-    prior: FittedPrior | None = getattr(model, "prior", None)  # Model.prior: the registry's
-    scores = scoring.score_images(model, x, k, rng, chunk_for(model, scoring.CHUNK), prior)
+    scores = scoring.score_images(model, x, k, rng, chunk_for(model, scoring.CHUNK), model.prior)
     if fmt is ImageFormat.png:
         data = (
             error_map_pngs(scores.signed_error, scale)[0]
@@ -175,7 +173,7 @@ def score_uploads(
         return Response(data, media_type="image/png", headers={"X-Model": model.name})
     verdicts, verdict_note = _verdict(model, scores, x, k, rng)
     vae = model.kind == "vae"
-    notes = [] if vae else [AE_NOTE if prior is None else AE_PRIOR_NOTE]
+    notes = [] if vae else [AE_NOTE if model.prior is None else AE_PRIOR_NOTE]
     if verdict_note:
         notes.append(verdict_note)
     note = "; ".join(notes) or None
