@@ -58,6 +58,7 @@ from bentoml.exceptions import InvalidArgument  # noqa: E402
 from PIL import Image  # noqa: E402
 from pydantic import Field  # noqa: E402
 
+from bench.peers.work import Convention  # noqa: E402
 from service.imaging.png import grid, to_uint8  # noqa: E402
 from service.imaging.prepare import preprocess_image  # noqa: E402
 from service.imaging.uploads import ImageInputError  # noqa: E402
@@ -120,26 +121,6 @@ class Graphs:
         meta = self.metadata["encoder"]
         mu, log_var = self.encoder.run(meta["outputs"], {meta["input"]: images})
         return np.concatenate([mu, log_var], axis=1)
-
-
-class Convention:
-    """metadata.json's pixel convention: [0, 1] light-on-dark <-> the model's own."""
-
-    def __init__(self, metadata: dict[str, Any]):
-        self.name = metadata["name"]
-        self.z_dim = int(metadata["z_dim"])
-        spec = metadata["input"]
-        self.shape = tuple(spec["shape"])
-        self.low, self.high = spec["range"]
-        self.dark = spec["foreground"] == "dark"
-
-    def to_model(self, x: np.ndarray) -> np.ndarray:
-        x = (1.0 - x) if self.dark else x
-        x = self.low + x * (self.high - self.low)
-        return np.ascontiguousarray(x.reshape(1, *self.shape), dtype=np.float32)
-
-    def to_unit(self, images: np.ndarray) -> np.ndarray:
-        return np.clip((images - self.low) / (self.high - self.low), 0.0, 1.0)
 
 
 BATCH = {
