@@ -8,6 +8,7 @@ runs from the repository root as `python -m bench.NAME`.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -397,3 +398,12 @@ def baseline_server(run: Path | None, cpus: str | None = None, **kw) -> Server:
         name="baseline",
         **kw,
     )
+
+
+def add_case_arguments(parser: argparse.ArgumentParser, cases: list[str]) -> None:
+    """The flags of a bench that runs named cases in rounds (bench.oip, bench.oip_grpc)."""
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per case and round")
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=3, help="runs of every case (medians)")
+    parser.add_argument("--only", nargs="*", choices=cases)
+    parser.add_argument("--concurrency", nargs="*", type=int)

@@ -30,7 +30,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.common import CACHE, busy_processes, digit_pngs, model_dir, service_server, write_result
+from bench.common import (
+    CACHE,
+    add_case_arguments,
+    busy_processes,
+    digit_pngs,
+    model_dir,
+    service_server,
+    write_result,
+)
 from bench.loadgen import LoadResult, Request, multipart, run_wrk
 
 CONCURRENCY = (1, 32)
@@ -275,11 +283,7 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.oip", description=__doc__)
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per case and round")
-    parser.add_argument("--warmup", type=float, default=1.0)
-    parser.add_argument("--rounds", type=int, default=3, help="runs of every case (medians)")
-    parser.add_argument("--only", nargs="*", choices=list(DESCRIPTIONS))
-    parser.add_argument("--concurrency", nargs="*", type=int)
+    add_case_arguments(parser, list(DESCRIPTIONS))
     parser.add_argument("--env", nargs="*", default=[], help="VAR=VALUE for the server")
     parser.add_argument("--out", type=Path, help="results folder (default bench/results)")
     args = parser.parse_args(argv)
